@@ -1,0 +1,7 @@
+"""``python -m cnn2gnn`` runs the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,207 @@
+"""Model folders and resumable training state, written atomically and read without unpickling.
+
+A model folder holds ``model.safetensors`` (weights), ``meta.json`` (what to build: kind, architecture, classes,
+normalisation), ``config.yaml`` (the resolved run config), ``metrics.jsonl`` and ``manifest.json``. Training state
+for ``--resume`` lives in ``ckpt/``: per-epoch weights (safetensors) + optimizer/scheduler/RNG state (a dict of
+tensors and numbers, loaded with ``torch.load(weights_only=True)``), made current by an atomic ``latest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "meta.json"
+
+
+def _atomic(path: str | Path, write) -> None:
+    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions a plain open() would
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path, what: str = "file") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing ({what})")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable or corrupted {what} ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: corrupted {what} (expected a JSON object)")
+    return data
+
+
+def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    meta = {"format_version": str(FORMAT_VERSION), **(metadata or {})}
+    _atomic(path, lambda tmp: save_file(_contiguous_state(model), tmp, metadata=meta))
+
+
+def load_weights(path: str | Path, model: nn.Module, what: str = "") -> None:
+    """Load safetensors weights into ``model``; any mismatch is a one-line :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing weights file")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: truncated or corrupted weights file ({str(err).splitlines()[0]})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    label = f" for {what}" if what else ""
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{path}: weights do not match the model{label} ({detail})")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path}: weights do not match the model{label}: '{key}' has shape {tuple(state[key].shape)}, "
+                f"expected {tuple(tensor.shape)} (another architecture or class count?)"
+            )
+    model.load_state_dict(state)
+
+
+def save_model_dir(out: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``meta.json`` (with the format version) into ``out``."""
+    out = Path(out)
+    save_weights(out / WEIGHTS, model, {"kind": str(meta.get("kind", ""))})
+    atomic_write_json(out / META, {"format_version": FORMAT_VERSION, **meta})
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise CheckpointError(f"{model_dir}: no such model folder")
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: expected a model folder (with {META} and {WEIGHTS}), got a file")
+    meta = read_json(model_dir / META, "model description")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{model_dir / META}: corrupted model description (no format_version)")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{model_dir / META}: format version {version} is newer than this cnn2gnn reads ({FORMAT_VERSION}); "
+            "upgrade cnn2gnn"
+        )
+    for key in ("kind", "num_classes"):
+        if key not in meta:
+            raise CheckpointError(f"{model_dir / META}: corrupted model description (no '{key}')")
+    return meta
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resumable training state.
+
+
+def save_training_state(run_dir: str | Path, epoch: int, model: nn.Module, state: dict[str, Any], keep: int = 1):
+    """Checkpoint the end of ``epoch``: weights + state, then point ``ckpt/latest.json`` at them; prune old ones."""
+    ckpt = Path(run_dir) / "ckpt"
+    stem = f"epoch{epoch:04d}"
+    save_weights(ckpt / f"{stem}.safetensors", model)
+    _atomic(ckpt / f"{stem}.state.pt", lambda tmp: torch.save({"epoch": epoch, **state}, tmp))
+    atomic_write_json(ckpt / "latest.json", {"format_version": FORMAT_VERSION, "epoch": epoch, "stem": stem})
+    for old in sorted(ckpt.glob("epoch*.safetensors"))[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+
+
+def load_training_state(run_dir: str | Path, model: nn.Module) -> dict[str, Any] | None:
+    """Load the last complete checkpoint of ``run_dir`` into ``model``; returns its state or None if there is none."""
+    ckpt = Path(run_dir) / "ckpt"
+    if not (ckpt / "latest.json").exists():
+        return None
+    latest = read_json(ckpt / "latest.json", "checkpoint pointer")
+    if latest.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{ckpt / 'latest.json'}: written by a newer cnn2gnn")
+    stem = latest.get("stem")
+    if not isinstance(stem, str):
+        raise CheckpointError(f"{ckpt / 'latest.json'}: corrupted checkpoint pointer")
+    load_weights(ckpt / f"{stem}.safetensors", model)
+    path = ckpt / f"{stem}.state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing training state") from None
+    except Exception as err:  # noqa: BLE001 - any failure to read it is a corrupted file
+        raise CheckpointError(f"{path}: truncated or corrupted training state ({str(err).splitlines()[0]})") from None
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model folders -> modules.
+
+
+def build_model(meta: dict[str, Any]) -> nn.Module:
+    """An untrained module of the kind and shape ``meta`` describes (weights are loaded by :func:`load_model`)."""
+    kind = meta["kind"]
+    try:
+        if kind == "teacher":
+            from .models.cnn import create_teacher
+
+            return create_teacher(
+                meta["arch"], meta["num_classes"], meta["in_channels"], max(meta["image_size"]), meta.get("width", 16)
+            )
+        if kind == "student":
+            from .models.gnn import GNNStudent
+
+            spec = meta["student"]
+            model = GNNStudent(meta["in_features"], meta["num_classes"], **spec["kwargs"])
+            m = int(spec["anchors"])
+            if m:
+                zeros = torch.zeros(m, dtype=torch.long)
+                model.set_anchors(torch.zeros(m, meta["in_features"]), zeros, zeros)
+            return model
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{META}: cannot build a {kind} from this description ({err!r})") from None
+    raise CheckpointError(f"{META}: unknown model kind '{kind}' (known: teacher, student)")
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Read a model folder written by ``cnn2gnn teacher`` or ``cnn2gnn distill``: (module in eval mode, meta)."""
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    try:
+        model = build_model(meta)
+    except CheckpointError as err:
+        raise CheckpointError(f"{model_dir}/{err}") from None
+    load_weights(model_dir / WEIGHTS, model, what=f"{meta['kind']} {meta.get('arch', '')}".strip())
+    return model.to(device).eval(), meta

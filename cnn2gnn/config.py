@@ -1,0 +1,248 @@
+"""Typed run configuration: dataclasses per concern, layered as defaults < YAML file < ``--set a.b=c``.
+
+Unknown keys and values of the wrong type are :class:`~cnn2gnn.errors.ConfigError` naming the key. The resolved
+config is written as YAML into every run folder, so a run can be repeated with ``--config OUT/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"  # dataset name (see `cnn2gnn.data.DATASETS`)
+    root: str | None = None  # local folder with the dataset's files; None = the dataset's default location
+    val_fraction: float = 0.1  # stratified share of the training split held out for model selection
+    split_seed: int = 0  # seed of the validation split: fixed, so teacher and students never see each other's val
+    limit_train: int | None = None  # stratified subset of the training split (quick runs, tests)
+    limit_test: int | None = None  # stratified subset of the test split
+    image_size: int | None = None  # resize ImageFolder images to this side; None = size of the first image
+    download: bool = False  # let torchvision download a missing dataset (needs a network)
+    augment: bool = True  # random shifts (and flips) at training time
+    pad: int = 2  # random translation of up to `pad` pixels
+    hflip: bool = True  # random horizontal flips
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # SGD momentum (Nesterov)
+    weight_decay: float = 5e-4
+    epochs: int = 5
+    batch_size: int = 128
+    schedule: str = "onecycle"  # onecycle (linear warm-up then cosine) | cosine | constant
+    warmup: float = 0.15  # share of the steps used for warm-up under onecycle
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # clip the gradient norm to this value
+
+
+@dataclass
+class TeacherModelConfig:
+    arch: str = "resnet8"  # see `cnn2gnn.models.cnn.TEACHERS`
+    width: int = 16  # channels of the first stage of the CIFAR-style ResNets (resnet8/20/56)
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads; None = torch's default
+    eval_batch_size: int = 512
+    progress: bool = True  # progress bars
+
+
+@dataclass
+class TeacherConfig:
+    """Everything `cnn2gnn teacher` needs."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class StudentModelConfig:
+    hidden: int = 512  # width h of the hidden layer
+    k: int = 10  # neighbours per node in the sparse graph
+    aggregate: str = "sage"  # gcn (paper: Z = A ReLU(A X W1) W2) | sage (own and neighbour terms apart) | none (MLP)
+    graph_space: str = "proj"  # where distances are measured: proj (x W1) | head (separate linear head) | pixels
+    graph_dim: int = 64  # width of the `head` graph space
+    dropout: float = 0.3  # dropout on the hidden layer
+    input_dropout: float = 0.0  # dropout on the input pixels
+    detach_graph: bool = False  # no gradient through the graph (ablation)
+    self_loop: bool = True  # add I before normalising (gcn)
+    label_messages: bool = False  # anchors carry their one-hot labels into the logits (anchors graph only)
+    anchors: int = 1024  # size m of the anchor bank (stratified sample of the training split); 0 = no bank
+    train_graph: str = "batch"  # graph at training time: batch (among the batch) | anchors (to the bank)
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # teacher model folder; None = no teacher, cross-entropy only
+    alpha: float = 0.9  # weight of the T^2 KL term; (1 - alpha) weighs the cross-entropy
+    temperature: float = 4.0  # softmax temperature T of the KL term
+    cache_logits: bool = True  # compute the teacher's logits once on the (unaugmented) training set
+
+
+@dataclass
+class StudentConfig:
+    """Everything `cnn2gnn distill` needs."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(augment=False))
+    model: StudentModelConfig = field(default_factory=StudentModelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(optimizer="adamw", lr=2e-3, weight_decay=1e-4, epochs=30, batch_size=256)
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generic machinery: dict <-> dataclass with type checks, dotted overrides, YAML files.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats. Returns the value to store."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is Any:
+        return value
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is float and is_number:
+        return float(value)
+    if tp is int and is_number and isinstance(value, int):
+        return value
+    if (tp is bool and isinstance(value, bool)) or (tp is str and isinstance(value, str)):
+        return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping; missing keys keep their defaults."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}' (known under '{prefix or '.'}': {', '.join(sorted(names))})"
+        )
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b=c`` override in place; the value is parsed as YAML (``1e-3``, ``null``, ``[1, 2]``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' is not of the form key=value (e.g. optim.lr=0.05)")
+    key, _, raw = assignment.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if value is None and raw.strip() not in ("null", "~", "None", "none"):
+        value = raw
+    if raw.strip() in ("None", "none"):
+        value = None
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in override '{assignment}'")
+        node = child
+    if parts[-1] not in node:
+        known = ", ".join(sorted(node))
+        raise ConfigError(f"unknown config key '{key}' in override '{assignment}' (known here: {known})")
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str = "") -> None:
+    for key, value in update.items():
+        if key not in base:
+            known = ", ".join(sorted(base))
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known under '{prefix or '.'}': {known})")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            base[key] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def build_config(
+    cls: type[T], *, files: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None
+) -> T:
+    """Layer defaults < ``base`` < YAML ``files`` (in order) < dotted ``overrides`` and type-check the result."""
+    data = to_dict(cls())
+    if base:
+        _merge(data, base)
+    for path in files:
+        _merge(data, read_yaml(path))
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return from_dict(cls, data)
+
+
+def dump_yaml(cfg: Any, path: str | Path | None = None) -> str:
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if path is not None:
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(path, text)
+    return text

@@ -1,0 +1,145 @@
+"""Honest evaluation (METHOD.md sections 5-6): accuracy over seeded shuffles of the test set (never class-sorted),
+mean and std over seeds, the batch-order sensitivity of the ``batch`` policy, inference speed with the graph's cost
+included, and single-image prediction from image files under the ``anchors`` policy.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import BatchIterator, DataBundle, Split
+from .errors import UserError
+from .train import accuracy, predict_logits
+
+POLICIES = ("batch", "anchors")
+
+
+def model_fn(model: nn.Module, meta: dict[str, Any], graph: str | None) -> tuple[Callable, str]:
+    """A ``logits = f(x)`` for the model and the inference policy actually used (``none`` for a teacher or MLP)."""
+    if meta["kind"] == "teacher" or meta["student"]["kwargs"]["aggregate"] == "none":
+        return model, "none"
+    graph = graph or ("anchors" if meta["student"]["anchors"] else "batch")
+    if graph not in POLICIES:
+        raise UserError(f"unknown graph policy '{graph}' (known: {', '.join(POLICIES)})")
+    if graph == "anchors" and not meta["student"]["anchors"]:
+        raise UserError("this student has no anchor bank (trained with model.anchors=0): use --graph batch")
+    return (lambda x: model(x, graph=graph)), graph
+
+
+def check_data(meta: dict[str, Any], bundle: DataBundle) -> None:
+    shape = list(bundle.image_size)
+    if (
+        meta["num_classes"] != bundle.num_classes
+        or meta["in_channels"] != bundle.in_channels
+        or (list(meta["image_size"]) != shape)
+    ):
+        raise UserError(
+            f"the model expects {meta['num_classes']} classes of {meta['in_channels']}x"
+            f"{meta['image_size'][0]}x{meta['image_size'][1]} images ({meta['data']}), but "
+            f"'{bundle.name}' has {bundle.num_classes} classes of {bundle.in_channels}x"
+            f"{bundle.image_size[0]}x{bundle.image_size[1]}"
+        )
+
+
+def evaluate_accuracy(
+    model: nn.Module,
+    meta: dict[str, Any],
+    split: Split,
+    *,
+    graph: str | None = None,
+    batch_size: int = 256,
+    seeds: Sequence[int] = (0, 1, 2),
+    device="cpu",
+    sorted_check: bool = True,
+) -> dict[str, Any]:
+    """Accuracy on ``split`` for each seeded shuffle of it; with the batch policy also on class-sorted batches.
+
+    The images are normalised with the statistics stored in the model (those of its training split).
+    """
+    fn, policy = model_fn(model, meta, graph)
+    accs = []
+    for seed in seeds:
+        it = BatchIterator(
+            split, batch_size, mean=meta["mean"], std=meta["std"], shuffle=True, seed=seed, device=device
+        )
+        accs.append(accuracy(predict_logits(fn, it), split.labels))
+    out: dict[str, Any] = {
+        "policy": policy,
+        "batch_size": batch_size,
+        "seeds": list(seeds),
+        "accs": accs,
+        "mean": statistics.fmean(accs),
+        "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+    }
+    if sorted_check and policy == "batch":
+        ordered = split.sorted_by_class()
+        it = BatchIterator(ordered, batch_size, mean=meta["mean"], std=meta["std"], shuffle=False, device=device)
+        out["class_sorted_acc"] = accuracy(predict_logits(fn, it), ordered.labels)
+        out["sorted_minus_shuffled"] = out["class_sorted_acc"] - out["mean"]
+    return out
+
+
+@torch.no_grad()
+def images_per_second(
+    fn: Callable, example: torch.Tensor, batch_size: int, min_seconds: float = 1.0, max_iters: int = 200
+) -> float:
+    """Throughput of ``fn`` on batches of ``batch_size`` copies drawn from ``example`` (graph cost included)."""
+    reps = -(-batch_size // len(example))
+    x = example.repeat(reps, *([1] * (example.dim() - 1)))[:batch_size]
+    x = x + 0.01 * torch.randn_like(x)  # distinct rows, so the graph is not built over exact duplicates
+    fn(x)  # warm-up (builds the anchor cache once, as a deployed model would)
+    iters, start = 0, time.perf_counter()
+    while iters < max_iters and (iters < 3 or time.perf_counter() - start < min_seconds):
+        fn(x)
+        iters += 1
+    return iters * batch_size / (time.perf_counter() - start)
+
+
+def load_images(paths: Sequence[str | Path], meta: dict[str, Any]) -> torch.Tensor:
+    """Read image files into a normalised (n, C, H, W) batch matching the model's input (grey/RGB, size)."""
+    from PIL import Image, UnidentifiedImageError
+
+    c = meta["in_channels"]
+    h, w = meta["image_size"]
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img = img.convert("L" if c == 1 else "RGB")
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except FileNotFoundError:
+            raise UserError(f"{p}: no such image file") from None
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(f"{p}: not a readable image ({err})") from None
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+    x = torch.stack(out).float() / 255.0
+    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def predict_files(model: nn.Module, meta: dict[str, Any], paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Class and probability for each image file; a student uses its anchors (independent of the other files)."""
+    fn, policy = model_fn(model, meta, None)
+    if policy == "batch":
+        raise UserError(
+            "this student has no anchor bank, so single images cannot be classified; retrain with model.anchors > 0"
+        )
+    probs = torch.softmax(fn(load_images(paths, meta)), dim=1)
+    conf, cls = probs.max(dim=1)
+    return [
+        {"file": str(p), "class": meta["classes"][int(c)], "index": int(c), "probability": float(q)}
+        for p, c, q in zip(paths, cls, conf, strict=True)
+    ]

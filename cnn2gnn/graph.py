@@ -1,0 +1,276 @@
+"""The differentiable sparse graph head of the CNN2GNN student (METHOD.md section 2).
+
+Pure functions (distances, the closed-form adaptive-neighbours graph, symmetrisation, normalisation) and one thin
+module, :class:`SparseGraphLearner`, that chains them: every image is a node and learns its k nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["NORM_MODES", "SparseGraphLearner", "normalize_adj", "pairwise_sq_dists", "sparse_graph", "symmetrize"]
+
+NORM_MODES = ("sym", "row", "none")
+
+
+def _check_k(owner: str, k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
+        raise ValueError(f"{owner}: k must be a positive integer, got k={k!r}")
+    return int(k)
+
+
+def _check_matrix(owner: str, name: str, t: object) -> None:
+    if not isinstance(t, Tensor) or t.dim() != 2:
+        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{owner}: {name} must be a 2-D tensor, got {shape}")
+
+
+def pairwise_sq_dists(x: Tensor, y: Tensor | None = None) -> Tensor:
+    r"""Squared Euclidean distances between the rows of ``x`` and the rows of ``y``, with one matmul.
+
+    Part of the graph head of CNN2GNN (https://arxiv.org/abs/2404.14822).
+
+    .. math::
+        d_{ij} = \max\left(0,\ \|\mathbf{x}_i\|^2 + \|\mathbf{y}_j\|^2 - 2\,\mathbf{x}_i^\top \mathbf{y}_j\right)
+
+    The clamp removes the small negative values that cancellation produces for (near-)identical rows.
+    With ``y=None`` the distances are among the rows of ``x`` and the diagonal is exactly zero.
+
+    Args:
+        x: the query points.
+        y: the points to measure against; ``None`` means ``x`` itself.
+
+    Shapes:
+        - x: :math:`(n, d)`, y: :math:`(m, d)`
+        - output: :math:`(n, m)` (:math:`(n, n)` when ``y`` is ``None``)
+    """
+    _check_matrix("pairwise_sq_dists", "x", x)
+    same = y is None
+    if same:
+        y = x
+    else:
+        _check_matrix("pairwise_sq_dists", "y", y)
+        if y.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"pairwise_sq_dists: x and y need the same feature size, got x {tuple(x.shape)} and y {tuple(y.shape)}"
+            )
+    x_sq = x.pow(2).sum(dim=1, keepdim=True)
+    y_sq = y.pow(2).sum(dim=1).unsqueeze(0)
+    dist = (x_sq + y_sq - 2.0 * (x @ y.transpose(0, 1))).clamp_min(0.0)
+    if same:
+        eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+        dist = dist.masked_fill(eye, 0.0)
+    return dist
+
+
+def sparse_graph(dist: Tensor, k: int, *, exclude_self: bool = False, eps: float = 1e-12) -> Tensor:
+    r"""Row-stochastic sparse graph with the closed form of "adaptive neighbours" (METHOD.md section 2).
+
+    The graph head of CNN2GNN (https://arxiv.org/abs/2404.14822). Sorting row :math:`i` of the distances
+    ascending, :math:`d_{i(1)} \le d_{i(2)} \le \dots`, the weights are
+
+    .. math::
+        p_{ij} = \frac{\left(d_{i(k+1)} - d_{ij}\right)_+}{k\, d_{i(k+1)} - \sum_{l=1}^{k} d_{i(l)}},
+
+    the exact minimiser of :math:`\sum_j p_{ij} d_{ij} + \gamma_i \|\mathbf{p}_i\|^2` over the probability simplex
+    with :math:`\gamma_i` chosen so that exactly :math:`k` entries are non-zero. Each row has :math:`k` non-zeros
+    (fewer only when :math:`d_{i(k)} = d_{i(k+1)}`), sums to 1, gives the nearest node the largest weight, and does
+    not change when all distances are scaled by a constant. The weights are piecewise linear in ``dist`` and
+    differentiable with respect to it (the ``topk`` values carry the gradient, the indices do not).
+
+    Degenerate and small cases, with :math:`c` candidates per row (:math:`m`, or :math:`m - 1` with
+    ``exclude_self``):
+
+    - a row whose denominator is :math:`\le` ``eps`` (all :math:`k+1` nearest distances equal) gets uniform weights
+      :math:`1/k` on its :math:`k` nearest candidates, with finite value and zero gradient;
+    - :math:`c \ge k + 1`: as above; :math:`2 \le c \le k`: ``k`` is clamped to :math:`c - 1` (the formula needs
+      one candidate beyond the last neighbour), so every row has :math:`c - 1` non-zeros;
+    - :math:`c = 1`: the single candidate gets weight 1 (no gradient flows, the weight is constant);
+    - :math:`c = 0`: ``ValueError``.
+
+    Args:
+        dist: non-negative (squared) distances; row ``i`` holds node ``i``'s distances to the candidates.
+        k: neighbours per row, a positive integer.
+        exclude_self: mask the diagonal with :math:`+\infty` so a node is not its own neighbour (``dist`` must be
+            square).
+        eps: rows with a denominator at or below ``eps`` fall back to uniform weights.
+
+    Shapes:
+        - dist: :math:`(n, m)`
+        - output: :math:`(n, m)`, dense, with at most ``k`` non-zeros per row, each row summing to 1
+    """
+    _check_matrix("sparse_graph", "dist", dist)
+    k = _check_k("sparse_graph", k)
+    n, m = dist.shape
+    if exclude_self:
+        if n != m:
+            raise ValueError(f"sparse_graph: exclude_self=True needs a square dist, got {tuple(dist.shape)}")
+        eye = torch.eye(n, dtype=torch.bool, device=dist.device)
+        dist = dist.masked_fill(eye, float("inf"))
+    candidates = m - 1 if exclude_self else m
+    if candidates <= 0:
+        raise ValueError(
+            f"sparse_graph: no candidate neighbours (dist {tuple(dist.shape)}, exclude_self={exclude_self})"
+        )
+    if candidates == 1:
+        nearest = dist.argmin(dim=1, keepdim=True)
+        return torch.zeros_like(dist).scatter(1, nearest, 1.0)
+
+    k = min(k, candidates - 1)
+    values, index = torch.topk(dist, k + 1, dim=1, largest=False, sorted=True)
+    d_next = values[:, k:]  # d_i(k+1), shape (n, 1)
+    gaps = (d_next - values[:, :k]).clamp_min(0.0)  # (d_i(k+1) - d_i(l))_+ for l = 1..k
+    denom = gaps.sum(dim=1, keepdim=True)  # = k d_i(k+1) - sum_l d_i(l)
+    ok = denom > eps
+    weights = torch.where(ok, gaps / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(gaps, 1.0 / k))
+    return torch.zeros_like(dist).scatter(1, index[:, :k], weights)
+
+
+def symmetrize(p: Tensor) -> Tensor:
+    r"""Symmetrise a square graph: :math:`\mathbf{A} = (\mathbf{P} + \mathbf{P}^\top) / 2` (METHOD.md section 2).
+
+    Part of the graph head of CNN2GNN (https://arxiv.org/abs/2404.14822).
+
+    .. math::
+        a_{ij} = \tfrac{1}{2}\left(p_{ij} + p_{ji}\right)
+
+    Args:
+        p: a square (weighted) adjacency matrix.
+
+    Shapes:
+        - p: :math:`(n, n)`
+        - output: :math:`(n, n)`, symmetric
+    """
+    _check_matrix("symmetrize", "p", p)
+    if p.shape[0] != p.shape[1]:
+        raise ValueError(f"symmetrize: p must be square, got {tuple(p.shape)}")
+    return 0.5 * (p + p.transpose(0, 1))
+
+
+def normalize_adj(a: Tensor, *, self_loop: bool = True, mode: str = "sym") -> Tensor:
+    r"""Normalise a dense adjacency matrix for graph convolution (METHOD.md section 2).
+
+    Part of the graph head of CNN2GNN (https://arxiv.org/abs/2404.14822). With
+    :math:`\tilde{\mathbf{A}} = \mathbf{A} + \mathbf{I}` when ``self_loop`` (else :math:`\mathbf{A}`) and
+    :math:`\tilde{D}_{ii} = \sum_j \tilde{a}_{ij}` (row degrees):
+
+    .. math::
+        \text{sym}: \tilde{\mathbf{D}}^{-1/2} \tilde{\mathbf{A}} \tilde{\mathbf{D}}^{-1/2}, \qquad
+        \text{row}: \tilde{\mathbf{D}}^{-1} \tilde{\mathbf{A}}, \qquad
+        \text{none}: \tilde{\mathbf{A}}
+
+    Nodes of degree zero keep all-zero rows (and columns for "sym"). A rectangular ``a`` (queries x anchors, a
+    bipartite graph) accepts only "row" and "none", and no self loop is added to it.
+
+    Args:
+        a: non-negative weighted adjacency; symmetric for "sym" to be the usual GCN normalisation.
+        self_loop: add the identity before normalising (square ``a`` only).
+        mode: ``"sym"``, ``"row"`` or ``"none"``.
+
+    Shapes:
+        - a: :math:`(n, m)`
+        - output: :math:`(n, m)`
+    """
+    _check_matrix("normalize_adj", "a", a)
+    if mode not in NORM_MODES:
+        raise ValueError(f"normalize_adj: mode must be one of {NORM_MODES}, got mode={mode!r}")
+    n, m = a.shape
+    if n == m:
+        if self_loop:
+            a = a + torch.eye(n, dtype=a.dtype, device=a.device)
+    elif mode == "sym":
+        raise ValueError(f"normalize_adj: mode='sym' needs a square matrix, got {tuple(a.shape)}; use 'row'")
+    if mode == "none":
+        return a
+    deg = a.sum(dim=1)
+    pos = deg > 0
+    safe = torch.where(pos, deg, torch.ones_like(deg))
+    if mode == "row":
+        inv = torch.where(pos, safe.reciprocal(), torch.zeros_like(deg))
+        return inv.unsqueeze(1) * a
+    inv_sqrt = torch.where(pos, safe.rsqrt(), torch.zeros_like(deg))
+    return inv_sqrt.unsqueeze(1) * a * inv_sqrt.unsqueeze(0)
+
+
+class SparseGraphLearner(nn.Module):
+    r"""Learn a sparse k-neighbour graph among the images of a batch (METHOD.md sections 2 and 5).
+
+    The graph head of the CNN2GNN student (https://arxiv.org/abs/2404.14822). From node features
+    :math:`\mathbf{V}` it builds
+
+    .. math::
+        d_{ij} = \|\mathbf{v}_i - \mathbf{v}_j\|^2, \quad
+        \mathbf{P} = \mathrm{sparse\_graph}(\mathbf{D}, k), \quad
+        \mathbf{A} = \tfrac{1}{2}(\mathbf{P} + \mathbf{P}^\top), \quad
+        \hat{\mathbf{A}} = \tilde{\mathbf{D}}^{-1/2} (\mathbf{A} + \mathbf{I}) \tilde{\mathbf{D}}^{-1/2}
+
+    (symmetrisation, self loop and normalisation as configured). Given ``anchors`` it instead connects every row of
+    ``v`` to its ``k`` nearest anchors and returns the row-stochastic query-to-anchor graph :math:`\mathbf{P}`
+    (no symmetrisation, no self loop, ``norm`` ignored). A single node without anchors has no neighbours:
+    :math:`\mathbf{P} = 0`, so the result is :math:`[1]` with a self loop (the GNN acts as an MLP) and :math:`[0]`
+    without. Fewer than ``k + 2`` nodes clamp ``k`` as described in :func:`sparse_graph`.
+
+    Args:
+        k: neighbours per node.
+        symmetric: symmetrise :math:`\mathbf{P}` before normalising.
+        self_loop: add :math:`\mathbf{I}` before normalising.
+        norm: ``"sym"``, ``"row"`` or ``"none"`` (see :func:`normalize_adj`).
+        detach: build the graph from ``v.detach()`` (ablation: no gradient flows through the graph).
+
+    Shapes:
+        - v: :math:`(n, d)`; anchors: :math:`(m, d)`
+        - output: :math:`(n, n)` without anchors, :math:`(n, m)` with anchors
+    """
+
+    def __init__(
+        self,
+        k: int = 10,
+        *,
+        symmetric: bool = True,
+        self_loop: bool = True,
+        norm: str = "sym",
+        detach: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.k = _check_k(name, k)
+        if norm not in NORM_MODES:
+            raise ValueError(f"{name}: norm must be one of {NORM_MODES}, got norm={norm!r}")
+        self.symmetric = bool(symmetric)
+        self.self_loop = bool(self_loop)
+        self.norm = norm
+        self.detach = bool(detach)
+
+    def forward(self, v: Tensor, anchors: Tensor | None = None, exclude: Tensor | None = None) -> Tensor:
+        """Build the graph; ``exclude`` (bool, (n, m), anchors mode only) marks pairs that may not be edges, e.g. a
+        training image and its own copy in the anchor bank."""
+        name = type(self).__name__
+        _check_matrix(name, "v", v)
+        if self.detach:
+            v = v.detach()
+            anchors = None if anchors is None else anchors.detach()
+        if anchors is not None:
+            _check_matrix(name, "anchors", anchors)
+            if anchors.shape[0] == 0:
+                raise ValueError(f"{name}: anchors is empty, got {tuple(anchors.shape)}")
+            dist = pairwise_sq_dists(v, anchors)
+            if exclude is not None:
+                dist = dist.masked_fill(exclude, float("inf"))
+            return sparse_graph(dist, self.k)
+        n = v.shape[0]
+        if n == 0:
+            raise ValueError(f"{name}: v has no rows, got {tuple(v.shape)}")
+        # a single node has no neighbours: only its self loop (if any) is left
+        p = v.new_zeros(1, 1) if n == 1 else sparse_graph(pairwise_sq_dists(v), self.k, exclude_self=True)
+        if self.symmetric:
+            p = symmetrize(p)
+        return normalize_adj(p, self_loop=self.self_loop, mode=self.norm)
+
+    def extra_repr(self) -> str:
+        return (
+            f"k={self.k}, symmetric={self.symmetric}, self_loop={self.self_loop}, norm={self.norm}, "
+            f"detach={self.detach}"
+        )
