@@ -19,14 +19,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 
 
-def _atomic(path: str | Path, write) -> None:
+def atomic_write(path: str | Path, write) -> None:
     """Write through ``write(tmp_path)`` into a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def _atomic(path: str | Path, write) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -72,7 +72,7 @@ def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
     meta = {"format_version": str(FORMAT_VERSION), **(metadata or {})}
-    _atomic(path, lambda tmp: save_file(_contiguous_state(model), tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(_contiguous_state(model), tmp, metadata=meta))
 
 
 def load_weights(path: str | Path, model: nn.Module, what: str = "") -> None:
@@ -137,7 +137,7 @@ def save_training_state(run_dir: str | Path, epoch: int, model: nn.Module, state
     ckpt = Path(run_dir) / "ckpt"
     stem = f"epoch{epoch:04d}"
     save_weights(ckpt / f"{stem}.safetensors", model)
-    _atomic(ckpt / f"{stem}.state.pt", lambda tmp: torch.save({"epoch": epoch, **state}, tmp))
+    atomic_write(ckpt / f"{stem}.state.pt", lambda tmp: torch.save({"epoch": epoch, **state}, tmp))
     atomic_write_json(ckpt / "latest.json", {"format_version": FORMAT_VERSION, "epoch": epoch, "stem": stem})
     for old in sorted(ckpt.glob("epoch*.safetensors"))[:-keep]:
         old.unlink(missing_ok=True)
@@ -190,7 +190,7 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
                 zeros = torch.zeros(m, dtype=torch.long)
                 model.set_anchors(torch.zeros(m, meta["in_features"]), zeros, zeros)
             return model
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, UserError) as err:  # UserError: an architecture the registry lacks
         raise CheckpointError(f"{META}: cannot build a {kind} from this description ({err!r})") from None
     raise CheckpointError(f"{META}: unknown model kind '{kind}' (known: teacher, student)")
 

@@ -142,7 +142,7 @@ def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
         value = getattr(args, attr, None)
         if value is None or value is False:
             continue
-        out.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
+        out.append(f"{key}={json.dumps(value, ensure_ascii=False)}")  # quoted: --data-root 2024 stays a str
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_write_json, load_model, save_model_dir
+from .checkpoint import atomic_write, atomic_write_json, load_model, save_model_dir
 from .config import StudentConfig, dump_yaml
 from .data import Augment, DataBundle
 from .distill import distillation_loss
@@ -92,7 +92,7 @@ def teacher_logits(
     logits = predict_logits(teacher, make_batches(bundle, bundle.train, batch_size, device, train=False, seed=0))
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # a read-only teacher folder only costs the cache
-        save_file({"logits": logits.contiguous()}, str(path))
+        atomic_write(path, lambda tmp: save_file({"logits": logits.contiguous()}, tmp))
     return logits
 
 

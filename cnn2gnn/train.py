@@ -218,10 +218,10 @@ def fit(
         }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        save_training_state(run_dir, epoch, model, state)
         history.append(row)
-        with open(metrics_path, "a") as f:
+        with open(metrics_path, "a") as f:  # before the checkpoint: a resume drops rows past it, never misses one
             f.write(json.dumps(row) + "\n")
+        save_training_state(run_dir, epoch, model, state)
         if progress:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss")))
             tqdm.write(f"epoch {epoch + 1}/{epochs}  {shown}  ({train_seconds:.1f}s)")

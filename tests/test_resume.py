@@ -1,0 +1,198 @@
+"""Tests of resumable training: a teacher run killed mid-training and continued with ``--resume`` ends with exactly
+the weights and metrics of an uninterrupted run, and the same seed gives the same numbers twice.
+
+The runs are small (resnet8 of width 4 on digits, batch size 8, one CPU thread) so that an epoch takes about half
+a second: long enough to kill a run in the middle of one, short enough for the whole file to take seconds.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cnn2gnn.checkpoint
+import cnn2gnn.train
+from cnn2gnn import cli
+
+EPOCHS = 3
+TIMING = {"train_seconds"}  # the only fields allowed to differ between two runs of the same config
+
+
+def teacher_args(out: Path) -> list[str]:
+    return [
+        "teacher",
+        "--data",
+        "digits",
+        "--arch",
+        "resnet8",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "8",
+        "--set",
+        "model.width=4",
+        "--set",
+        "run.threads=1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(out: Path, *extra: str) -> int:
+    return cli.main([*teacher_args(out), *extra])
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def latest_epoch(out: Path) -> int:
+    try:
+        return json.loads((out / "ckpt" / "latest.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """Run A: three epochs without interruption."""
+    out = tmp_path_factory.mktemp("resume") / "straight"
+    assert run(out) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(straight, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnn2gnn", *teacher_args(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while latest_epoch(out) < 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
+        assert latest_epoch(out) >= 0, "no epoch finished in time"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    done = latest_epoch(out)
+    assert 0 <= done < EPOCHS - 1, f"killed after epoch {done}: nothing left to resume"
+    assert not (out / "model.safetensors").exists()
+
+    assert run(out, "--resume") == 0
+    assert_same_weights(straight, out)
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == list(range(EPOCHS))
+    assert without_timing(rows) == without_timing(metrics(straight))
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == [
+        f"epoch{EPOCHS - 1:04d}.safetensors",
+        f"epoch{EPOCHS - 1:04d}.state.pt",
+        "latest.json",
+    ]
+
+
+@pytest.mark.slow
+def test_interrupted_right_after_a_checkpoint(straight, tmp_path, monkeypatch):
+    """Stopped just after the checkpoint of epoch 1 is written: the resumed run still has one metrics row a epoch."""
+    out = tmp_path / "interrupted"
+    real = cnn2gnn.train.save_training_state
+
+    def save_then_stop(run_dir, epoch, *args, **kwargs):
+        real(run_dir, epoch, *args, **kwargs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnn2gnn.train, "save_training_state", save_then_stop)
+    assert run(out) == 130
+    monkeypatch.setattr(cnn2gnn.train, "save_training_state", real)
+    assert run(out, "--resume") == 0
+    assert [r["epoch"] for r in metrics(out)] == list(range(EPOCHS))
+    assert without_timing(metrics(out)) == without_timing(metrics(straight))
+    assert_same_weights(straight, out)
+
+
+@pytest.mark.slow
+def test_interrupted_while_writing_a_checkpoint(straight, tmp_path, monkeypatch):
+    """Stopped after the weights of epoch 1 but before ``latest.json`` points at them: resume from epoch 0."""
+    out = tmp_path / "half-written"
+    real = cnn2gnn.checkpoint.atomic_write_json
+
+    def stop_at_second_pointer(path, obj):
+        if Path(path).name == "latest.json" and obj.get("epoch") == 1:
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(cnn2gnn.checkpoint, "atomic_write_json", stop_at_second_pointer)
+    assert run(out) == 130
+    assert latest_epoch(out) == 0
+    monkeypatch.setattr(cnn2gnn.checkpoint, "atomic_write_json", real)
+    assert run(out, "--resume") == 0
+    assert [r["epoch"] for r in metrics(out)] == list(range(EPOCHS))
+    assert_same_weights(straight, out)
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_changes_nothing(straight, tmp_path):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for path in straight.rglob("*"):
+        if path.is_file():
+            target = out / path.relative_to(straight)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    assert run(out, "--resume") == 0
+    assert_same_weights(straight, out)
+    assert metrics(out) == metrics(straight)
+
+
+@pytest.mark.slow
+def test_resume_without_a_checkpoint_starts_afresh(straight, tmp_path):
+    out = tmp_path / "fresh"
+    assert run(out, "--resume") == 0
+    assert without_timing(metrics(out)) == without_timing(metrics(straight))
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers(straight, tmp_path):
+    out = tmp_path / "again"
+    assert run(out) == 0
+    assert without_timing(metrics(out)) == without_timing(metrics(straight))
+    assert_same_weights(straight, out)
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in (out, straight)]
+    assert summaries[0]["train_acc"] == summaries[1]["train_acc"]
