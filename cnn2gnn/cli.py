@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="classify image files with a trained model",
         description="Print class and probability for each image file (a student uses its anchor "
-        "bank, so every image is classified on its own).",
+        "bank, so every image is classified on its own). Images of another colour mode or size are converted to "
+        "the model's mode (grey or RGB) and resized (bilinear) to its input size.",
     )
     p.add_argument("--model", required=True, metavar="DIR", help="model folder (teacher or student)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")

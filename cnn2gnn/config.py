@@ -44,7 +44,7 @@ class DataConfig:
     limit_test: int | None = None  # stratified subset of the test split
     image_size: int | None = None  # resize ImageFolder images to this side; None = size of the first image
     download: bool = False  # let torchvision download a missing dataset (needs a network)
-    augment: bool = True  # random shifts (and flips) at training time
+    augment: bool = False  # random shifts (and flips) at training time; helps long schedules, not 5-epoch ones
     pad: int = 2  # random translation of up to `pad` pixels
     hflip: bool = True  # random horizontal flips
 
@@ -100,6 +100,7 @@ class StudentModelConfig:
     detach_graph: bool = False  # no gradient through the graph (ablation)
     self_loop: bool = True  # add I before normalising (gcn)
     label_messages: bool = False  # anchors carry their one-hot labels into the logits (anchors graph only)
+    zero_init: bool = False  # neighbour weights start at 0: the student starts as the same-width MLP (sage)
     anchors: int = 1024  # size m of the anchor bank (stratified sample of the training split); 0 = no bank
     train_graph: str = "batch"  # graph at training time: batch (among the batch) | anchors (to the bank)
 
@@ -117,7 +118,7 @@ class StudentConfig:
     """Everything `cnn2gnn distill` needs."""
 
     run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(augment=False))
+    data: DataConfig = field(default_factory=DataConfig)
     model: StudentModelConfig = field(default_factory=StudentModelConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(

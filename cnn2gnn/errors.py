@@ -19,3 +19,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A model file or folder that is missing, truncated, corrupted or incompatible."""
+
+
+class TrainingDivergedError(UserError):
+    """The training loss became NaN or infinite (usually a learning rate too high for the model and data)."""

@@ -119,7 +119,7 @@ def load_images(paths: Sequence[str | Path], meta: dict[str, Any]) -> torch.Tens
                 arr = np.asarray(img, dtype=np.uint8)
         except FileNotFoundError:
             raise UserError(f"{p}: no such image file") from None
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise UserError(f"{p}: not a readable image ({err})") from None
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))

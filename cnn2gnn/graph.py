@@ -66,7 +66,9 @@ def pairwise_sq_dists(x: Tensor, y: Tensor | None = None) -> Tensor:
     return dist
 
 
-def sparse_graph(dist: Tensor, k: int, *, exclude_self: bool = False, eps: float = 1e-12) -> Tensor:
+def sparse_graph(
+    dist: Tensor, k: int, *, exclude_self: bool = False, mask: Tensor | None = None, eps: float = 1e-12
+) -> Tensor:
     r"""Row-stochastic sparse graph with the closed form of "adaptive neighbours" (METHOD.md section 2).
 
     The graph head of CNN2GNN (https://arxiv.org/abs/2404.14822). Sorting row :math:`i` of the distances
@@ -81,8 +83,8 @@ def sparse_graph(dist: Tensor, k: int, *, exclude_self: bool = False, eps: float
     not change when all distances are scaled by a constant. The weights are piecewise linear in ``dist`` and
     differentiable with respect to it (the ``topk`` values carry the gradient, the indices do not).
 
-    Degenerate and small cases, with :math:`c` candidates per row (:math:`m`, or :math:`m - 1` with
-    ``exclude_self``):
+    Degenerate and small cases, with :math:`c` candidates per row (:math:`m`, less the pairs excluded by
+    ``exclude_self`` and ``mask``; the row with the fewest candidates sets :math:`c` for all rows):
 
     - a row whose denominator is :math:`\le` ``eps`` (all :math:`k+1` nearest distances equal) gets uniform weights
       :math:`1/k` on its :math:`k` nearest candidates, with finite value and zero gradient;
@@ -94,8 +96,9 @@ def sparse_graph(dist: Tensor, k: int, *, exclude_self: bool = False, eps: float
     Args:
         dist: non-negative (squared) distances; row ``i`` holds node ``i``'s distances to the candidates.
         k: neighbours per row, a positive integer.
-        exclude_self: mask the diagonal with :math:`+\infty` so a node is not its own neighbour (``dist`` must be
-            square).
+        exclude_self: mask the diagonal so a node is not its own neighbour (``dist`` must be square).
+        mask: bool, shape of ``dist``; ``True`` marks pairs that may not be edges (e.g. an image and its own copy
+            in an anchor bank).
         eps: rows with a denominator at or below ``eps`` fall back to uniform weights.
 
     Shapes:
@@ -105,12 +108,19 @@ def sparse_graph(dist: Tensor, k: int, *, exclude_self: bool = False, eps: float
     _check_matrix("sparse_graph", "dist", dist)
     k = _check_k("sparse_graph", k)
     n, m = dist.shape
+    if exclude_self and n != m:
+        raise ValueError(f"sparse_graph: exclude_self=True needs a square dist, got {tuple(dist.shape)}")
+    if mask is not None and mask.shape != dist.shape:
+        raise ValueError(f"sparse_graph: mask must have the shape of dist {tuple(dist.shape)}, got {tuple(mask.shape)}")
     if exclude_self:
-        if n != m:
-            raise ValueError(f"sparse_graph: exclude_self=True needs a square dist, got {tuple(dist.shape)}")
         eye = torch.eye(n, dtype=torch.bool, device=dist.device)
-        dist = dist.masked_fill(eye, float("inf"))
-    candidates = m - 1 if exclude_self else m
+        mask = eye if mask is None else mask | eye
+    if mask is not None:
+        dist = dist.masked_fill(mask, float("inf"))
+        # the row with the fewest allowed pairs bounds k (e.g. a bank holding the query's own image)
+        candidates = int((~mask).sum(dim=1).min()) if n else m
+    else:
+        candidates = m
     if candidates <= 0:
         raise ValueError(
             f"sparse_graph: no candidate neighbours (dist {tuple(dist.shape)}, exclude_self={exclude_self})"
@@ -256,10 +266,7 @@ class SparseGraphLearner(nn.Module):
             _check_matrix(name, "anchors", anchors)
             if anchors.shape[0] == 0:
                 raise ValueError(f"{name}: anchors is empty, got {tuple(anchors.shape)}")
-            dist = pairwise_sq_dists(v, anchors)
-            if exclude is not None:
-                dist = dist.masked_fill(exclude, float("inf"))
-            return sparse_graph(dist, self.k)
+            return sparse_graph(pairwise_sq_dists(v, anchors), self.k, mask=exclude)
         n = v.shape[0]
         if n == 0:
             raise ValueError(f"{name}: v has no rows, got {tuple(v.shape)}")

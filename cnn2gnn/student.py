@@ -36,19 +36,10 @@ from .train import (
 
 
 def student_kwargs(cfg: StudentConfig) -> dict[str, Any]:
-    m = cfg.model
-    return {
-        "hidden": m.hidden,
-        "k": m.k,
-        "aggregate": m.aggregate,
-        "graph_space": m.graph_space,
-        "graph_dim": m.graph_dim,
-        "dropout": m.dropout,
-        "input_dropout": m.input_dropout,
-        "detach_graph": m.detach_graph,
-        "self_loop": m.self_loop,
-        "label_messages": m.label_messages,
-    }
+    """The GNNStudent constructor arguments: every model.* key but the bank size and the training graph."""
+    kwargs = asdict(cfg.model)
+    del kwargs["anchors"], kwargs["train_graph"]
+    return kwargs
 
 
 def stratified_anchors(labels: torch.Tensor, m: int, seed: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from . import __version__
 from .checkpoint import atomic_write_json, load_training_state, save_model_dir, save_training_state
 from .config import OptimConfig, TeacherConfig, dump_yaml
 from .data import Augment, BatchIterator, DataBundle, Split, load_dataset
-from .errors import UserError
+from .errors import TrainingDivergedError, UserError
 from .models.cnn import count_parameters, create_teacher
 
 
@@ -156,7 +156,8 @@ def fit(
 
     With ``resume`` the run continues after the last complete checkpoint; on CPU with a fixed seed it ends with the
     same weights as an uninterrupted run (batch order and augmentation depend only on the seed and the epoch, and
-    the RNG state is restored).
+    the RNG state is restored). A NaN or infinite loss stops the run with :class:`TrainingDivergedError` (a user
+    error: lower the learning rate); the checkpoints of the finished epochs are kept.
     """
     metrics_path = run_dir / "metrics.jsonl"
     start, history = 0, []
@@ -190,7 +191,11 @@ def fit(
             terms = step(batch)
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {epoch + 1}; lower optim.lr?")
+                raise TrainingDivergedError(
+                    f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}/{epochs} (lr "
+                    f"{scheduler.get_last_lr()[0]:.3g}); lower the learning rate (--lr or --set optim.lr=...) and "
+                    "start the run again"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:

@@ -30,14 +30,30 @@ VARIANTS: dict[str, list[str]] = {
     "sage-batch": ["model.aggregate=sage", "model.train_graph=batch"],
     "sage-anchors": ["model.aggregate=sage", "model.train_graph=anchors"],
     "sage-anchors-labels": ["model.aggregate=sage", "model.train_graph=anchors", "model.label_messages=true"],
-    "sage-anchors-labels-m4096": ["model.aggregate=sage", "model.train_graph=anchors", "model.label_messages=true",
-                                  "model.anchors=4096"],
-    "sage-anchors-labels-head": ["model.aggregate=sage", "model.train_graph=anchors", "model.label_messages=true",
-                                 "model.graph_space=head"],
-    "sage-anchors-labels-pixels": ["model.aggregate=sage", "model.train_graph=anchors", "model.label_messages=true",
-                                   "model.graph_space=pixels"],
-    "sage-anchors-labels-detach": ["model.aggregate=sage", "model.train_graph=anchors", "model.label_messages=true",
-                                   "model.detach_graph=true"],
+    "sage-anchors-labels-m4096": [
+        "model.aggregate=sage",
+        "model.train_graph=anchors",
+        "model.label_messages=true",
+        "model.anchors=4096",
+    ],
+    "sage-anchors-labels-head": [
+        "model.aggregate=sage",
+        "model.train_graph=anchors",
+        "model.label_messages=true",
+        "model.graph_space=head",
+    ],
+    "sage-anchors-labels-pixels": [
+        "model.aggregate=sage",
+        "model.train_graph=anchors",
+        "model.label_messages=true",
+        "model.graph_space=pixels",
+    ],
+    "sage-anchors-labels-detach": [
+        "model.aggregate=sage",
+        "model.train_graph=anchors",
+        "model.label_messages=true",
+        "model.detach_graph=true",
+    ],
 }
 
 
@@ -52,16 +68,37 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
 def run_one(args, name: str, overrides: list[str], seed: int, kd: bool) -> dict:
     tag = f"{name}{'' if kd else '+ce'}".replace("/", "_")
     out = Path(args.out) / "runs" / f"{tag}-s{seed}"
-    cmd = [sys.executable, "-m", "cnn2gnn", "distill", "--data", args.data, "--out", str(out), "--quiet",
-           "--seed", str(seed), "--set", "run.threads=1", "--set", f"run.device={args.device}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnn2gnn",
+        "distill",
+        "--data",
+        args.data,
+        "--out",
+        str(out),
+        "--quiet",
+        "--seed",
+        str(seed),
+        "--set",
+        "run.threads=1",
+        "--set",
+        f"run.device={args.device}",
+    ]
     if kd:
         cmd += ["--teacher", args.teacher]
     for o in overrides + args.set:
         cmd += ["--set", o]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    row = {"variant": name, "kd": kd, "seed": seed, "overrides": overrides + args.set, "rc": proc.returncode,
-           "wall": round(time.time() - t0, 1)}
+    row = {
+        "variant": name,
+        "kd": kd,
+        "seed": seed,
+        "overrides": overrides + args.set,
+        "rc": proc.returncode,
+        "wall": round(time.time() - t0, 1),
+    }
     if proc.returncode == 0:
         row.update(json.loads((out / "summary.json").read_text()))
         hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -122,8 +159,11 @@ def main() -> None:
             log.write(json.dumps(row) + "\n")
             log.flush()
             accs = {k: round(v, 4) for k, v in row.items() if "_acc_" in k}
-            print(f"[{i}/{len(jobs)}] {row['variant']} kd={row['kd']} seed={row['seed']} rc={row['rc']} "
-                  f"{row['wall']}s {accs} {row.get('error', '')}", flush=True)
+            print(
+                f"[{i}/{len(jobs)}] {row['variant']} kd={row['kd']} seed={row['seed']} rc={row['rc']} "
+                f"{row['wall']}s {accs} {row.get('error', '')}",
+                flush=True,
+            )
             (out / "table.md").write_text(table(rows))
     print(table(rows))
 

@@ -40,7 +40,7 @@ def test_teacher_and_student_defaults_differ_where_documented():
     t, s = TeacherConfig(), StudentConfig()
     assert t.optim == OptimConfig() and t.data == DataConfig()
     assert s.optim.optimizer == "adamw" and s.optim.epochs == 30
-    assert s.data.augment is False and t.data.augment is True
+    assert s.data.augment is False and t.data.augment is False  # 5-epoch teachers do better without (ablations.md)
 
 
 # ------------------------------------------------------------------------------------------- layering

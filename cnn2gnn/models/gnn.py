@@ -121,6 +121,7 @@ class GNNStudent(nn.Module):
         detach_graph: no gradient through the graph (ablation).
         self_loop: add I before normalising (gcn).
         label_messages: propagate anchor labels into the logits (anchors only).
+        zero_init: start the neighbour weights (sage) and the label gain at zero, i.e. as the same-width MLP.
 
     Shapes:
         x: (n, D) or (n, C_in, H, W) -> logits (n, num_classes)
@@ -141,6 +142,7 @@ class GNNStudent(nn.Module):
         detach_graph: bool = False,
         self_loop: bool = True,
         label_messages: bool = False,
+        zero_init: bool = False,
     ):
         super().__init__()
         name = type(self).__name__
@@ -157,6 +159,9 @@ class GNNStudent(nn.Module):
         if aggregate == "sage":
             self.nbr1 = nn.Linear(in_features, hidden, bias=False)
             self.nbr2 = nn.Linear(hidden, num_classes, bias=False)
+            if zero_init:  # the student starts as the same-width MLP and learns how much to use its neighbours
+                nn.init.zeros_(self.nbr1.weight)
+                nn.init.zeros_(self.nbr2.weight)
         if aggregate != "none":
             norm, sym = ("sym", True) if aggregate == "gcn" else ("none", False)
             self.graph = SparseGraphLearner(
@@ -166,7 +171,7 @@ class GNNStudent(nn.Module):
                 self.graph_head = nn.Linear(in_features, graph_dim, bias=False)
         if label_messages:
             self.label_gain = nn.Linear(num_classes, num_classes, bias=False)
-            nn.init.eye_(self.label_gain.weight)
+            nn.init.zeros_(self.label_gain.weight) if zero_init else nn.init.eye_(self.label_gain.weight)
         # the anchor bank (empty until `set_anchors`): pixels, labels and positions in the training split
         self.register_buffer("anchor_x", torch.empty(0, in_features))
         self.register_buffer("anchor_y", torch.empty(0, dtype=torch.long))
@@ -180,9 +185,10 @@ class GNNStudent(nn.Module):
 
     def set_anchors(self, x: Tensor, y: Tensor, index: Tensor) -> None:
         """Store a bank of m training images (flattened or not), their labels and their positions in the split."""
-        self.anchor_x = x.reshape(x.shape[0], -1).to(self.lin1.weight)
-        self.anchor_y = y.to(self.anchor_x.device, torch.long)
-        self.anchor_index = index.to(self.anchor_x.device, torch.long)
+        # clone: the bank must own its storage (aliased buffers would be overwritten by load_state_dict)
+        self.anchor_x = x.reshape(x.shape[0], -1).to(self.lin1.weight).clone()
+        self.anchor_y = y.to(self.anchor_x.device, torch.long).clone()
+        self.anchor_index = index.to(self.anchor_x.device, torch.long).clone()
         self._cache = None
 
     def train(self, mode: bool = True) -> GNNStudent:
