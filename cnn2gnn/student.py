@@ -14,23 +14,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import atomic_write, atomic_write_json, load_model, save_model_dir
-from .config import StudentConfig, dump_yaml
+from .config import StudentConfig
 from .data import Augment, DataBundle
 from .distill import distillation_loss
 from .errors import UserError
-from .models.cnn import FrozenTeacher, count_parameters
+from .models.cnn import FrozenTeacher
 from .models.gnn import GNNStudent
 from .train import (
     accuracy,
     build_data,
     data_meta,
-    fit,
+    fit_run,
     make_batches,
     make_optimizer,
-    make_scheduler,
     predict_logits,
     resolve_device,
-    run_manifest,
     setup_run,
 )
 
@@ -129,7 +127,6 @@ def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) 
         if len(split)
     }
     optimizer = make_optimizer(model.parameters(), cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.optim.epochs * len(train_b))
     alpha, temperature = cfg.distill.alpha, cfg.distill.temperature
 
     def step(batch) -> dict[str, torch.Tensor]:
@@ -145,23 +142,7 @@ def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) 
             for name, b in evals.items()
         }
 
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out / "config.yaml")
-    manifest = run_manifest(cfg, bundle, device, {"parameters": count_parameters(model)})
-    atomic_write_json(out / "manifest.json", manifest)
-    result = fit(
-        model,
-        step,
-        train_b,
-        evaluate,
-        optimizer,
-        scheduler,
-        epochs=cfg.optim.epochs,
-        run_dir=out,
-        grad_clip=cfg.optim.grad_clip,
-        resume=resume,
-        progress=cfg.run.progress,
-    )
+    result, manifest = fit_run(cfg, out, model, bundle, device, step, train_b, evaluate, optimizer, resume=resume)
     meta = {
         "kind": "student",
         "in_features": in_features,

@@ -235,6 +235,41 @@ def fit(
     return FitResult(history, best, time.perf_counter() - t_start)
 
 
+def fit_run(
+    cfg,
+    out: Path,
+    model: nn.Module,
+    bundle: DataBundle,
+    device: torch.device,
+    step,
+    train_batches,
+    evaluate,
+    optimizer: torch.optim.Optimizer,
+    *,
+    resume: bool,
+) -> tuple[FitResult, dict[str, Any]]:
+    """Write the run folder's resolved config and manifest, then :func:`fit` with the config's schedule."""
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out / "config.yaml")
+    manifest = run_manifest(cfg, bundle, device, {"parameters": count_parameters(model)})
+    atomic_write_json(out / "manifest.json", manifest)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.optim.epochs * len(train_batches))
+    result = fit(
+        model,
+        step,
+        train_batches,
+        evaluate,
+        optimizer,
+        scheduler,
+        epochs=cfg.optim.epochs,
+        run_dir=out,
+        grad_clip=cfg.optim.grad_clip,
+        resume=resume,
+        progress=cfg.run.progress,
+    )
+    return result, manifest
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The teacher run.
 
@@ -312,7 +347,6 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, *, resume: bool = False) 
         if len(split)
     }
     optimizer = make_optimizer(model.parameters(), cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.optim.epochs * len(train_b))
     smoothing = cfg.optim.label_smoothing
 
     def step(batch) -> dict[str, torch.Tensor]:
@@ -321,23 +355,7 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, *, resume: bool = False) 
     def evaluate() -> dict[str, float]:
         return {f"{name}_acc": accuracy(predict_logits(model, b), b.labels) for name, b in evals.items()}
 
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out / "config.yaml")
-    manifest = run_manifest(cfg, bundle, device, {"parameters": count_parameters(model)})
-    atomic_write_json(out / "manifest.json", manifest)
-    result = fit(
-        model,
-        step,
-        train_b,
-        evaluate,
-        optimizer,
-        scheduler,
-        epochs=cfg.optim.epochs,
-        run_dir=out,
-        grad_clip=cfg.optim.grad_clip,
-        resume=resume,
-        progress=cfg.run.progress,
-    )
+    result, manifest = fit_run(cfg, out, model, bundle, device, step, train_b, evaluate, optimizer, resume=resume)
     meta = {"kind": "teacher", "arch": cfg.model.arch, "width": cfg.model.width, **data_meta(bundle)}
     save_model_dir(out, model.cpu(), meta)
     last = result.history[-1] if result.history else {}
