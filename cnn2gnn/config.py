@@ -108,8 +108,8 @@ class StudentModelConfig:
 @dataclass
 class DistillConfig:
     teacher: str | None = None  # teacher model folder; None = no teacher, cross-entropy only
-    alpha: float = 0.9  # weight of the T^2 KL term; (1 - alpha) weighs the cross-entropy
-    temperature: float = 4.0  # softmax temperature T of the KL term
+    alpha: float = 0.5  # weight of the T^2 KL term; (1 - alpha) weighs the cross-entropy (selected on val)
+    temperature: float = 2.0  # softmax temperature T of the KL term (selected on val, docs/ablations.md)
     cache_logits: bool = True  # compute the teacher's logits once on the (unaugmented) training set
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""How much can neighbours' labels add to an MLP? k-NN votes over the whole training split, in pixel space and in a
-trained MLP's hidden space, alone and added to the MLP's probabilities (docs/ablations.md, section 3).
+"""How much can neighbours' labels add to an MLP? k-NN votes over the whole training split, in pixel space, in a
+trained MLP's hidden space and in a fixed random-convolution feature space (64 zero-mean 5x5 filters, ReLU, 4x4
+average pooling, standardised), alone and added to the MLP's probabilities (docs/ablations.md, section 3).
 
     python scripts/knn_bound.py --model runs/fm-mlp-ce     # an MLP from `cnn2gnn distill --set model.aggregate=none`
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch.nn.functional as F
 
 from cnn2gnn.checkpoint import load_model
 from cnn2gnn.data import load_dataset
@@ -22,6 +24,15 @@ def votes(queries: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor, k: in
         idx = torch.cdist(q, bank).topk(k, largest=False).indices
         out.append(torch.zeros(len(q), classes).scatter_add_(1, labels[idx], torch.ones(idx.shape)) / k)
     return torch.cat(out)
+
+
+def random_conv_features(images: torch.Tensor, seed: int = 0, filters: int = 64, pool: int = 4) -> torch.Tensor:
+    """Fixed random 5x5 filters (zero mean, unit norm), ReLU, average pooling, flattened: (N, filters * (H/pool)^2)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(filters, images.shape[1], 5, 5, generator=g)
+    w = w - w.mean(dim=(1, 2, 3), keepdim=True)
+    w = w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    return torch.cat([F.avg_pool2d(F.relu(F.conv2d(x, w, padding=2)), pool).flatten(1) for x in images.split(4096)])
 
 
 def main() -> None:
@@ -38,20 +49,27 @@ def main() -> None:
     mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
 
+    def images(split):
+        return (split.images.float() / 255 - mean) / std
+
     def flat(split):
-        return ((split.images.float() / 255 - mean) / std).reshape(len(split), -1)
+        return images(split).reshape(len(split), -1)
 
     ks = [int(k) for k in args.ks.split(",")]
     weights = [float(w) for w in args.weights.split(",")]
     x_train, y_train, c = flat(b.train), b.train.labels, b.num_classes
     with torch.no_grad():
         h_train = torch.relu(model.lin1(x_train))
+        r_train = random_conv_features(images(b.train))
+        r_mean, r_std = r_train.mean(0), r_train.std(0) + 1e-6
+        r_train = (r_train - r_mean) / r_std
         for name, split in (("val", b.val), ("test", b.test)):
             x, y = flat(split), split.labels
             h = torch.relu(model.lin1(x))
             prob = torch.softmax(model.lin2(h), 1)
             print(f"{name}: MLP alone {100 * (prob.argmax(1) == y).float().mean():.2f}")
-            for space, bank, q in (("pixels", x_train, x), ("hidden", h_train, h)):
+            r = (random_conv_features(images(split)) - r_mean) / r_std
+            for space, bank, q in (("pixels", x_train, x), ("hidden", h_train, h), ("random-conv", r_train, r)):
                 for k in ks:
                     v = votes(q, bank, y_train, k, c)
                     knn = 100 * (v.argmax(1) == y).float().mean()

@@ -160,7 +160,7 @@ def test_from_dict_unknown_nested_key():
 def test_student_key_is_unknown_to_teacher():
     with pytest.raises(ConfigError, match="'distill'"):
         build_config(TeacherConfig, overrides=["distill.alpha=0.5"])
-    assert build_config(StudentConfig, overrides=["distill.alpha=0.5"]).distill.alpha == 0.5
+    assert build_config(StudentConfig, overrides=["distill.alpha=0.7"]).distill.alpha == 0.7
 
 
 def test_override_without_equals_sign():

@@ -1,0 +1,196 @@
+"""Tests of the benchmark (METHOD.md sections 6-7): the plan (every baseline, the same seeds, sweep points equal to
+the default trained once), the config hash, and the whole ``cnn2gnn bench --preset tiny`` pipeline on digits: the
+files it writes, a row per model with mean/std over the seeds, provenance in the report, and reuse on a second call.
+"""
+
+import json
+import time
+
+import pytest
+import torch
+
+from cnn2gnn import cli
+from cnn2gnn.bench import METHOD, PRESETS, STUDENTS, Preset, Sweep, Teacher, config_hash, plan
+from cnn2gnn.config import StudentConfig, build_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------- plan and hash
+
+
+def test_plan_has_every_row_for_every_seed_and_teachers_first():
+    preset = PRESETS["quick"]
+    jobs = plan(preset)
+    teachers = [j for j in jobs if j.kind == "teacher"]
+    assert jobs[: len(teachers)] == teachers
+    assert {j.name for j in teachers} == {"teacher-resnet8", "teacher-resnet20"}
+    for name, (_, overrides, kd) in STUDENTS.items():
+        seeds = sorted(j.seed for j in jobs if j.name == name)
+        assert seeds == sorted(preset.seeds), name
+        job = next(j for j in jobs if j.name == name)
+        assert job.teacher == ("teacher-resnet8" if kd else None)
+        assert all(o in job.overrides for o in overrides)
+    pixels = next(j for j in jobs if j.name == "gnn-pixels-kd")
+    assert {"model.graph_space=pixels", "model.detach_graph=true"} <= set(pixels.overrides)
+
+
+def test_sweep_point_equal_to_the_default_is_the_method_row():
+    preset = Preset(
+        teachers=(Teacher("resnet8", 1),),
+        student_epochs=1,
+        seeds=(0,),
+        sweeps=(Sweep("k", "model.k", (5, 10), "k"), Sweep("space", "model.graph_space", ("proj", "head"), "space")),
+    )
+    names = [j.name for j in plan(preset)]
+    assert "k-5" in names and "space-head" in names
+    assert "k-10" not in names and "space-proj" not in names  # k=10 and proj are the defaults: the cnn2gnn row
+    assert names.count(METHOD) == 1
+    assert len(names) == len(set(names))
+
+
+def test_full_preset_covers_the_issue_sweeps():
+    for preset in PRESETS.values():
+        names = [(j.name, j.seed) for j in plan(preset)]
+        assert len(names) == len(set(names))
+    keys = {s.key for s in PRESETS["full"].sweeps}
+    assert keys >= {
+        "model.k",
+        "distill.temperature",
+        "distill.alpha",
+        "optim.batch_size",
+        "model.graph_space",
+        "model.detach_graph",
+        "model.self_loop",
+    }
+    assert min(len(PRESETS[p].seeds) for p in ("quick", "full")) >= 3
+
+
+def test_config_hash_ignores_progress_and_root_but_not_settings_or_data():
+    a = build_config(StudentConfig, overrides=["run.progress=false", "data.root=/a"])
+    b = build_config(StudentConfig, overrides=["run.progress=true", "data.root=/b"])
+    c = build_config(StudentConfig, overrides=["model.k=5"])
+    assert config_hash(a, "fp") == config_hash(b, "fp")
+    assert config_hash(a, "fp") != config_hash(c, "fp")
+    assert config_hash(a, "fp") != config_hash(a, "other-data")
+    t1 = build_config(StudentConfig, overrides=["distill.teacher=/x/runs/teacher-resnet8-abc-s0"])
+    t2 = build_config(StudentConfig, overrides=["distill.teacher=/y/runs/teacher-resnet8-abc-s0"])
+    t3 = build_config(StudentConfig, overrides=["distill.teacher=/x/runs/teacher-resnet8-def-s0"])
+    assert config_hash(t1, "fp") == config_hash(t2, "fp") != config_hash(t3, "fp")
+
+
+# ------------------------------------------------------------------------------------------- the whole pipeline
+
+ARGS = ["bench", "--data", "digits", "--preset", "tiny", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def bench_runs(tmp_path_factory):
+    """Two calls of `cnn2gnn bench --preset tiny` into the same folder: the second must reuse every run."""
+    out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        assert cli.main([*ARGS, "--out", str(out)]) == 0
+        first = time.perf_counter() - t0
+        results1 = json.loads((out / "results.json").read_text())
+        t0 = time.perf_counter()
+        assert cli.main([*ARGS, "--out", str(out)]) == 0
+        second = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    results2 = json.loads((out / "results.json").read_text())
+    return out, results1, results2, first, second
+
+
+@pytest.mark.slow
+def test_bench_writes_report_results_and_plots(bench_runs):
+    out, results, _, first, _ = bench_runs
+    assert (out / "report.md").is_file()
+    assert set(results["figures"]) >= {"curves", "cost", "test_batch_size", "test_k", "homophily", "neighbours"}
+    for name in results["figures"].values():
+        png = out / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (out / "sweep_k.png").is_file()
+    assert first < 120, f"tiny preset took {first:.0f}s"
+
+
+@pytest.mark.slow
+def test_results_have_every_row_with_mean_and_std_over_seeds(bench_runs):
+    _, results, _, _, _ = bench_runs
+    preset = PRESETS["tiny"]
+    rows = results["rows"]
+    assert {"teacher-resnet8", "teacher-resnet20", *STUDENTS} <= set(rows)
+    for name in STUDENTS:
+        r = rows[name]
+        assert r["seeds"] == list(preset.seeds), name
+        expected = {"none"} if name.startswith("mlp") else {"batch", "anchors"}
+        assert set(r["policies"]) == expected, name
+        for entry in r["policies"].values():
+            acc = entry["test_acc"]
+            assert acc["n"] == len(preset.seeds) and len(acc["values"]) == acc["n"]
+            assert 0.0 <= acc["mean"] <= 1.0 and acc["std"] >= 0.0
+            assert entry["flops_per_image"] > 0
+            assert entry["images_per_s"]["1"] > 0 and entry["images_per_s"]["256"] > 0
+        assert r["parameters"] > 0 and r["seconds_per_epoch"]["mean"] > 0
+        assert len(r["curve_val"]) == preset.student_epochs
+        assert r["test_acc_best_epoch"]["n"] == len(preset.seeds)
+    for name in ("teacher-resnet8", "teacher-resnet20"):
+        assert set(rows[name]["policies"]) == {"none"}
+    # the graph adds cost: the batch-policy GNN counts more FLOPs than the same-width MLP
+    gnn = rows[METHOD]["policies"]["batch"]["flops_per_image"]
+    assert gnn > rows["mlp-ce"]["policies"]["none"]["flops_per_image"]
+    # every student row distils the same teacher run
+    assert {rows[n]["teacher"] for n in ("mlp-kd", "gnn-pixels-kd", METHOD)} == {"teacher-resnet8"}
+    assert set(results["test_batch_size"]) == {str(b) for b in preset.test_batch_sizes}
+    assert set(results["test_k"]) == {str(k) for k in preset.test_k}
+    hom = results["graph"]["homophily"][METHOD]
+    assert len(hom["per_class"]) == 10 and 0.0 <= hom["mean"] <= 1.0
+    assert [p["row"] for p in results["sweeps"]["k"]["points"]] == ["k-3", METHOD]
+
+
+@pytest.mark.slow
+def test_report_states_command_machine_and_versions(bench_runs):
+    out, _, results, _, _ = bench_runs  # report.md is that of the second call
+    text = (out / "report.md").read_text()
+    assert f"cnn2gnn bench --data digits --preset tiny --out {out}" in text
+    assert results["command"].startswith("cnn2gnn bench --data digits --preset tiny")
+    assert f"torch {torch.__version__}" in text and "matplotlib" in text and "numpy" in text
+    assert "cores" in text and results["date"] in text
+    for name in STUDENTS:
+        assert results["rows"][name]["label"] in text
+
+
+@pytest.mark.slow
+def test_second_call_reuses_every_run(bench_runs):
+    _, results1, results2, first, second = bench_runs
+    assert results1["trained"] == len(results1["jobs"]) and results1["reused"] == 0
+    assert results2["trained"] == 0 and results2["reused"] == len(results2["jobs"])
+    assert [j["folder"] for j in results1["jobs"]] == [j["folder"] for j in results2["jobs"]]
+    assert results2["seconds"]["train"] < results1["seconds"]["train"]
+    # the same runs give the same accuracies
+    acc = lambda r: r["rows"][METHOD]["policies"]["anchors"]["test_acc"]["values"]  # noqa: E731
+    assert acc(results1) == acc(results2)
+
+
+def test_unknown_preset_is_a_user_error(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--data", "digits", "--preset", "huge", "--out", str(tmp_path)])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_bench_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("--preset", "--out", "--data", "reused", "tiny", "quick", "full"):
+        assert word in text
