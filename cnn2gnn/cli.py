@@ -246,7 +246,7 @@ def _load_for_eval(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_accuracy, images_per_second, model_fn
+    from .evaluate import evaluate_accuracy, measure_speed
 
     model, meta, bundle, device = _load_for_eval(args)
     split = bundle.test if args.split == "test" else bundle.val
@@ -257,15 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         {"model": args.model, "kind": meta["kind"], "data": bundle.name, "split": args.split, "n": len(split)}
     )
     if args.speed:
-        fn, _ = model_fn(model, meta, args.graph)
-        x = next(
-            iter(
-                __import__("cnn2gnn.data", fromlist=["BatchIterator"]).BatchIterator(
-                    split, 256, mean=meta["mean"], std=meta["std"], device=device
-                )
-            )
-        ).x
-        result["images_per_s"] = {str(b): images_per_second(fn, x, b) for b in (1, 256)}
+        result["images_per_s"] = measure_speed(model, meta, split, graph=args.graph, device=device)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

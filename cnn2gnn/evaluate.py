@@ -103,6 +103,21 @@ def images_per_second(
     return iters * batch_size / (time.perf_counter() - start)
 
 
+def measure_speed(
+    model: nn.Module,
+    meta: dict[str, Any],
+    split: Split,
+    *,
+    graph: str | None = None,
+    device="cpu",
+    batch_sizes: Sequence[int] = (1, 256),
+) -> dict[str, float]:
+    """Images/s of the model under its inference policy on real images of ``split``, per batch size."""
+    fn, _ = model_fn(model, meta, graph)
+    example = next(iter(BatchIterator(split, max(batch_sizes), mean=meta["mean"], std=meta["std"], device=device))).x
+    return {str(b): images_per_second(fn, example, b) for b in batch_sizes}
+
+
 def load_images(paths: Sequence[str | Path], meta: dict[str, Any]) -> torch.Tensor:
     """Read image files into a normalised (n, C, H, W) batch matching the model's input (grey/RGB, size)."""
     from PIL import Image, UnidentifiedImageError

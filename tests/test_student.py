@@ -347,6 +347,15 @@ def test_evaluate_json(runs, graph):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["student", "teacher"])
+def test_evaluate_speed_includes_batch_1_and_256(runs, model):
+    code, out, err = run_cli("evaluate", "--model", runs[model], "--speed", "--json")
+    assert code == 0, err
+    speed = json.loads(out)["images_per_s"]
+    assert set(speed) == {"1", "256"} and all(v > 0 for v in speed.values())
+
+
+@pytest.mark.slow
 def test_predict_image_files(runs, digits, tmp_path):
     paths = []
     for i, name in enumerate(("a.png", "b.png")):
