@@ -77,7 +77,13 @@ FULL_SWEEPS = (
     ),
     Sweep("space", "model.graph_space", ("proj", "head", "pixels"), "distance space of the graph"),
     Sweep("detach", "model.detach_graph", (False, True), "graph detached (no gradient through it)"),
-    Sweep("selfloop", "model.self_loop", (True, False), "self-loop, GCN propagation", base=("model.aggregate=gcn",)),
+    Sweep(
+        "selfloop",
+        "model.self_loop",
+        (True, False),
+        "self-loop (GCN; the batch graph only)",
+        base=("model.aggregate=gcn",),
+    ),
 )
 
 PRESETS: dict[str, Preset] = {
@@ -125,7 +131,7 @@ STUDENTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
 METHOD = "cnn2gnn"
 REFERENCE = "mlp-ce"
 # keys left out of the config hash: they do not change what a run computes (the data enters as its fingerprint)
-UNHASHED = (("run", "progress"), ("run", "device"), ("data", "root"), ("data", "download"))
+UNHASHED = (("run", "progress"), ("run", "device"), ("run", "threads"), ("data", "root"), ("data", "download"))
 
 
 @dataclass(frozen=True)
@@ -488,17 +494,54 @@ def run_bench(
     limit_train: int | None = None,
     limit_test: int | None = None,
     device: str = "auto",
+    threads: int | None = None,
     command: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train or reuse every run of the preset into ``out/runs``, evaluate, and write ``out/report.md``,
-    ``out/results.json`` and ``out/*.png``; returns the results."""
+    ``out/results.json`` and ``out/*.png``; returns the results. ``threads`` sets torch's CPU threads for the
+    whole benchmark (None: torch's default, one per core)."""
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset '{preset_name}' (known: {', '.join(PRESETS)})")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(
+            preset_name,
+            Path(out),
+            data,
+            data_root,
+            download,
+            limit_train,
+            limit_test,
+            device,
+            threads,
+            command,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench(
+    preset_name: str,
+    out: Path,
+    data: str,
+    data_root: str | None,
+    download: bool,
+    limit_train: int | None,
+    limit_test: int | None,
+    device: str,
+    threads: int | None,
+    command: str,
+    progress: bool,
+) -> dict[str, Any]:
     preset = PRESETS[preset_name]
     t_start = time.perf_counter()
     where = machine()
-    out = Path(out)
     runs_dir = out / "runs"
     common = [f"data.name={_value(data)}", "run.progress=false", f"run.device={_value(device)}"]
     for key, value in (("root", data_root), ("limit_train", limit_train), ("limit_test", limit_test)):
@@ -506,6 +549,8 @@ def run_bench(
             common.append(f"data.{key}={_value(value)}")
     if download:
         common.append("data.download=true")
+    if threads:
+        common.append(f"run.threads={threads}")
     dev = resolve_device(device)
     bundle = build_data(build_config(TeacherConfig, overrides=common))
 

@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("tiny", "quick", "full"), default="quick", help="budget (default quick)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for runs/, report.md, results.json, *.png")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads for training and timing (default: one per core); use 1 when other jobs share the "
+        "cores: oversubscribed threads make small matmuls 10-100x slower",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
@@ -306,6 +313,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if value is not None:
             argv += [flag, str(value)]
     argv += ["--download"] * args.download + ([] if args.device == "auto" else ["--device", args.device])
+    argv += [] if args.threads is None else ["--threads", str(args.threads)]
     results = run_bench(
         args.preset,
         args.out,
@@ -315,6 +323,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         limit_test=args.limit_test,
         device=args.device,
+        threads=args.threads,
         command=shlex.join(argv),
         progress=not args.quiet,
     )

@@ -36,7 +36,7 @@ def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, titl
         path: the PNG to write.
         title: figure title.
     """
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(9, 4.5))
     ax = fig.add_subplot()
     for label, values in curves.items():
         values = [100 * v for v in values]
@@ -45,7 +45,7 @@ def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, titl
     ax.set_ylabel("val accuracy (%)")
     ax.set_title(title or "training curves (val accuracy, mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
@@ -113,7 +113,7 @@ def plot_cost(points: Sequence[dict], path: str | Path, *, title: str = "") -> P
         path: the PNG to write.
         title: figure title.
     """
-    fig = Figure(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(10, 4.8))
     ax = fig.add_subplot()
     for i, p in enumerate(points):
         color, marker = f"C{i % 10}", "s" if p.get("teacher") else "o"
@@ -126,7 +126,7 @@ def plot_cost(points: Sequence[dict], path: str | Path, *, title: str = "") -> P
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "accuracy vs inference cost (graph cost included)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
@@ -138,7 +138,7 @@ def plot_homophily(classes: Sequence[str], per_class: Mapping[str, Sequence[floa
         per_class: model label -> homophily per class (fractions), one bar group per class.
         path: the PNG to write.
     """
-    fig = Figure(figsize=(max(6.0, 0.7 * len(classes) * max(1, len(per_class))), 4.2))
+    fig = Figure(figsize=(min(14.0, max(6.0, 0.3 * len(classes) * max(1, len(per_class)) + 2.0)), 4.2))
     ax = fig.add_subplot()
     n = max(len(per_class), 1)
     width = 0.8 / n

@@ -4,6 +4,7 @@ files it writes, a row per model with mean/std over the seeds, provenance in the
 """
 
 import json
+import shutil
 import time
 
 import pytest
@@ -75,7 +76,7 @@ def test_full_preset_covers_the_issue_sweeps():
 
 def test_config_hash_ignores_progress_and_root_but_not_settings_or_data():
     a = build_config(StudentConfig, overrides=["run.progress=false", "data.root=/a"])
-    b = build_config(StudentConfig, overrides=["run.progress=true", "data.root=/b"])
+    b = build_config(StudentConfig, overrides=["run.progress=true", "data.root=/b", "run.threads=1"])
     c = build_config(StudentConfig, overrides=["model.k=5"])
     assert config_hash(a, "fp") == config_hash(b, "fp")
     assert config_hash(a, "fp") != config_hash(c, "fp")
@@ -88,7 +89,7 @@ def test_config_hash_ignores_progress_and_root_but_not_settings_or_data():
 
 # ------------------------------------------------------------------------------------------- the whole pipeline
 
-ARGS = ["bench", "--data", "digits", "--preset", "tiny", "--quiet"]
+ARGS = ["bench", "--data", "digits", "--preset", "tiny", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +162,11 @@ def test_results_have_every_row_with_mean_and_std_over_seeds(bench_runs):
 def test_report_states_command_machine_and_versions(bench_runs):
     out, _, results, _, _ = bench_runs  # report.md is that of the second call
     text = (out / "report.md").read_text()
-    assert f"cnn2gnn bench --data digits --preset tiny --out {out}" in text
+    assert f"cnn2gnn bench --data digits --preset tiny --out {out} --threads 1" in text
     assert results["command"].startswith("cnn2gnn bench --data digits --preset tiny")
     assert f"torch {torch.__version__}" in text and "matplotlib" in text and "numpy" in text
-    assert "cores" in text and results["date"] in text
+    assert "torch threads 1" in text
+    assert "cores" in text and "load average" in text and results["date"] in text
     for name in STUDENTS:
         assert results["rows"][name]["label"] in text
 
@@ -179,6 +181,23 @@ def test_second_call_reuses_every_run(bench_runs):
     # the same runs give the same accuracies
     acc = lambda r: r["rows"][METHOD]["policies"]["anchors"]["test_acc"]["values"]  # noqa: E731
     assert acc(results1) == acc(results2)
+
+
+@pytest.mark.slow
+def test_interrupted_run_is_completed_and_the_rest_reused(bench_runs, tmp_path):
+    out, results, _, _, _ = bench_runs
+    copy = tmp_path / "bench"
+    shutil.copytree(out, copy)
+    job = next(j for j in results["jobs"] if j["name"] == METHOD and j["seed"] == 1)
+    (copy / job["folder"] / "summary.json").unlink()  # as if killed after its last checkpoint
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main([*ARGS, "--out", str(copy)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    again = json.loads((copy / "results.json").read_text())
+    assert [(j["name"], j["seed"]) for j in again["jobs"] if not j["reused"]] == [(METHOD, 1)]
+    assert (copy / job["folder"] / "summary.json").is_file()
 
 
 def test_unknown_preset_is_a_user_error(capsys, tmp_path):
