@@ -1,6 +1,6 @@
-"""Command line: ``cnn2gnn teacher | distill | evaluate | predict``. Parses arguments, builds the config, calls the
-library; computes nothing itself. User mistakes print one line and exit 2; internal errors exit 1 (``--debug``
-shows the traceback).
+"""Command line: ``cnn2gnn teacher | distill | evaluate | predict | bench``. Parses arguments, builds the config,
+calls the library; computes nothing itself. User mistakes print one line and exit 2; internal errors exit 1
+(``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  cnn2gnn teacher --data fashion-mnist --arch resnet8 --epochs 5 --out runs/teacher\n"
-        "  cnn2gnn teacher --data digits --arch resnet8 --epochs 3 --set optim.lr=0.05 --out runs/t-digits\n"
+        "  cnn2gnn distill --data fashion-mnist --teacher runs/teacher --out runs/student\n"
+        "  cnn2gnn evaluate --model runs/student --graph anchors --seeds 3 --speed\n"
+        "  cnn2gnn predict --model runs/student image.png\n"
+        "  cnn2gnn bench --data fashion-mnist --preset quick --out runs/bench\n"
         "run 'cnn2gnn COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"cnn2gnn {__version__}")
