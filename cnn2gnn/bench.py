@@ -812,6 +812,42 @@ def _si(x: float | None) -> str:
     return f"{x:.0f}"
 
 
+def targets(results: dict) -> list[str]:
+    """Issue 4's bar, measured: CNN2GNN (anchors) within 1 point of its teacher, >= 1 point ahead of the best
+    same-width MLP, and >= 10x the teacher's images/s at batch 256. Empty when a row is missing."""
+    rows = results["rows"]
+    distiller = results["distiller"].split(" seed ")[0]
+    mlps = [rows[k] for k in ("mlp-ce", "mlp-kd") if k in rows]
+    if METHOD not in rows or "anchors" not in rows[METHOD]["policies"] or distiller not in rows or not mlps:
+        return []
+    student = rows[METHOD]["policies"]["anchors"]
+    teacher = rows[distiller]["policies"]["none"]
+    best_mlp = max(mlps, key=lambda r: r["policies"]["none"]["test_acc"]["mean"])
+    acc = 100 * student["test_acc"]["mean"]
+    vs_teacher = acc - 100 * teacher["test_acc"]["mean"]
+    vs_mlp = acc - 100 * best_mlp["policies"]["none"]["test_acc"]["mean"]
+    speed = student.get("images_per_s", {}).get("256", float("nan")) / teacher.get("images_per_s", {}).get(
+        "256", float("nan")
+    )
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    return [
+        "## Against the targets",
+        "",
+        f"CNN2GNN under the anchors policy ({acc:.2f}%) compared with the teacher it distils ({distiller}) and the "
+        f"best same-width MLP ({best_mlp['label']}), mean test accuracy over the seeds:",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        f"| within 1.0 point of the teacher | {vs_teacher:+.2f} points | {met(vs_teacher >= -1.0)} |",
+        f"| ahead of the best same-width MLP by >= 1.0 point | {vs_mlp:+.2f} points | {met(vs_mlp >= 1.0)} |",
+        f"| >= 10x the teacher's images/s at batch 256 | {speed:.1f}x | {met(speed >= 10.0)} |",
+        "",
+    ]
+
+
 def report(results: dict) -> str:
     """The markdown report: provenance, budgets, the accuracy and cost table, sweeps, the learned graph."""
     m, d, p = results["machine"], results["data"], results["preset_config"]
@@ -882,7 +918,8 @@ def report(results: dict) -> str:
                 f"{_si(e.get('flops_per_image'))} | {r['seconds_per_epoch']['mean']:.2f} | "
                 f"{_si(ips.get('1'))} | {_si(ips.get('256'))} |"
             )
-    lines += ["", "![training curves](curves.png)", "", "![accuracy vs inference cost](acc_vs_inference_cost.png)", ""]
+    lines += ["", *targets(results)]
+    lines += ["![training curves](curves.png)", "", "![accuracy vs inference cost](acc_vs_inference_cost.png)", ""]
     tb = results["test_batch_size"]
     if tb:
         lines += [

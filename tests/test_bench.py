@@ -172,6 +172,17 @@ def test_report_states_command_machine_and_versions(bench_runs):
 
 
 @pytest.mark.slow
+def test_report_measures_the_targets(bench_runs):
+    out, _, results, _, _ = bench_runs
+    text = (out / "report.md").read_text()
+    assert "## Against the targets" in text
+    rows = results["rows"]
+    student = 100 * rows["cnn2gnn"]["policies"]["anchors"]["test_acc"]["mean"]
+    teacher = 100 * rows["teacher-resnet8"]["policies"]["none"]["test_acc"]["mean"]
+    assert f"| within 1.0 point of the teacher | {student - teacher:+.2f} points |" in text
+
+
+@pytest.mark.slow
 def test_second_call_reuses_every_run(bench_runs):
     _, results1, results2, first, second = bench_runs
     assert results1["trained"] == len(results1["jobs"]) and results1["reused"] == 0
