@@ -29,7 +29,7 @@ from .errors import UserError
 from .evaluate import check_data, evaluate_accuracy, images_per_second, model_fn
 from .models.cnn import count_parameters
 from .student import train_student
-from .train import build_data, resolve_device, train_teacher
+from .train import build_data, data_summary, resolve_device, train_teacher
 
 __all__ = ["PRESETS", "Job", "Preset", "Sweep", "Teacher", "config_hash", "plan", "run_bench"]
 
@@ -623,15 +623,7 @@ def _bench(
         "device": str(dev),
         "preset": preset_name,
         "preset_config": asdict(preset),
-        "data": {
-            "name": bundle.name,
-            "fingerprint": bundle.fingerprint,
-            "train": len(bundle.train),
-            "val": len(bundle.val),
-            "test": len(bundle.test),
-            "limit_train": limit_train,
-            "limit_test": limit_test,
-        },
+        "data": {**data_summary(bundle), "limit_train": limit_train, "limit_test": limit_test},
         "distiller": f"teacher-{preset.teachers[0].arch} seed {preset.teacher_seeds[0]}",
         "student_config": to_dict(build_config(StudentConfig, overrides=[*common, *rows[METHOD].overrides])),
         "rows": results_rows,

@@ -89,14 +89,19 @@ def run_manifest(cfg: Any, bundle: DataBundle, device: torch.device, extra: dict
         "device": str(device),
         "threads": torch.get_num_threads(),
         "seed": cfg.run.seed,
-        "data": {
-            "name": bundle.name,
-            "fingerprint": bundle.fingerprint,
-            "train": len(bundle.train),
-            "val": len(bundle.val),
-            "test": len(bundle.test),
-        },
+        "data": data_summary(bundle),
         **(extra or {}),
+    }
+
+
+def data_summary(bundle: DataBundle) -> dict[str, Any]:
+    """What a manifest or report says about the data: name, fingerprint, split sizes."""
+    return {
+        "name": bundle.name,
+        "fingerprint": bundle.fingerprint,
+        "train": len(bundle.train),
+        "val": len(bundle.val),
+        "test": len(bundle.test),
     }
 
 
