@@ -14,16 +14,6 @@ from cnn2gnn import cli
 from cnn2gnn.bench import METHOD, PRESETS, STUDENTS, Preset, Sweep, Teacher, config_hash, plan
 from cnn2gnn.config import StudentConfig, build_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------- plan and hash
 
 

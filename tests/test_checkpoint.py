@@ -27,12 +27,8 @@ from cnn2gnn.models.cnn import create_teacher
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def teacher_meta(arch="resnet8", num_classes=10, width=4):

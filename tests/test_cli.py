@@ -22,13 +22,6 @@ TEACHER_ARGS = ["teacher", "--data", "digits", "--arch", "resnet8", "--epochs", 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_module(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cnn2gnn", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=120

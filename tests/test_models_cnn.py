@@ -16,12 +16,8 @@ TORCHVISION_LARGE = ["resnet101", "resnet152"]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_registry_covers_the_documented_names():

@@ -5,53 +5,34 @@ a diverging loss stops with advice instead of a crash, and ``predict`` converts 
 Runs are tiny (digits, a resnet8 teacher of width 4, a student of width 64, one CPU thread).
 """
 
-import contextlib
-import io
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    ENV,
+    ONE_THREAD,
+    assert_same_weights,
+    kill_after_first_checkpoint,
+    latest_epoch,
+    metrics,
+    run_cli,
+    without_timing,
+)
 from PIL import Image
-from safetensors.torch import load_file
 
 import cnn2gnn.student
-from cnn2gnn import cli
 from cnn2gnn.checkpoint import load_model
 from cnn2gnn.data import load_dataset, normalize
 from cnn2gnn.errors import TrainingDivergedError, UserError
 from cnn2gnn.evaluate import load_images
 
 EPOCHS = 3
-TIMING = {"train_seconds"}  # the only fields allowed to differ between two runs of the same config
-ONE_THREAD = ["--set", "run.threads=1", "--quiet"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # evaluate/predict have no run.threads; tiny matmuls are fastest on one thread
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    """``cnn2gnn ARGS`` in this process: (exit code, stdout, stderr); the torch thread count is restored."""
-    threads = torch.get_num_threads()
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main([str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)
-    return code, out.getvalue(), err.getvalue()
 
 
 def distill_args(teacher: Path, out: Path) -> list[str]:
@@ -61,28 +42,6 @@ def distill_args(teacher: Path, out: Path) -> list[str]:
         "--set", "model.hidden=64", "--set", "model.anchors=100", "--set", "model.train_graph=anchors",
         *ONE_THREAD, "--out", str(out),
     ]  # fmt: skip
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-
-
-def latest_epoch(out: Path) -> int:
-    try:
-        return json.loads((out / "ckpt" / "latest.json").read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
-        return -1
 
 
 @pytest.fixture(scope="module")
@@ -111,26 +70,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_killed_distill_resumes_to_the_same_weights(runs, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnn2gnn", *distill_args(runs["teacher"], out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=ENV,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while latest_epoch(out) < 0 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
-        assert latest_epoch(out) >= 0, "no epoch finished in time"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_after_first_checkpoint(distill_args(runs["teacher"], out), out) == -signal.SIGKILL
     done = latest_epoch(out)
     assert 0 <= done < EPOCHS - 1, f"killed after epoch {done}: nothing left to resume"
     assert not (out / "model.safetensors").exists()

@@ -6,23 +6,17 @@ a second: long enough to kill a run in the middle of one, short enough for the w
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from helpers import assert_same_weights, kill_after_first_checkpoint, latest_epoch, metrics, without_timing
 
 import cnn2gnn.checkpoint
 import cnn2gnn.train
 from cnn2gnn import cli
 
 EPOCHS = 3
-TIMING = {"train_seconds"}  # the only fields allowed to differ between two runs of the same config
 
 
 def teacher_args(out: Path) -> list[str]:
@@ -46,37 +40,8 @@ def teacher_args(out: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(out: Path, *extra: str) -> int:
     return cli.main([*teacher_args(out), *extra])
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-
-
-def latest_epoch(out: Path) -> int:
-    try:
-        return json.loads((out / "ckpt" / "latest.json").read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
-        return -1
 
 
 @pytest.fixture(scope="module")
@@ -90,27 +55,7 @@ def straight(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(straight, tmp_path):
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnn2gnn", *teacher_args(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while latest_epoch(out) < 0 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()}"
-        assert latest_epoch(out) >= 0, "no epoch finished in time"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_after_first_checkpoint(teacher_args(out), out) == -signal.SIGKILL
     done = latest_epoch(out)
     assert 0 <= done < EPOCHS - 1, f"killed after epoch {done}: nothing left to resume"
     assert not (out / "model.safetensors").exists()

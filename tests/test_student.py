@@ -3,31 +3,20 @@ policy's independence of batch order and size, a training image never being its 
 trip of an anchor bank, tiny batches, and the whole teacher -> distill -> evaluate -> predict path on digits.
 """
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import ONE_THREAD, run_cli
 from PIL import Image
 
-from cnn2gnn import cli
 from cnn2gnn.checkpoint import load_model, save_model_dir
 from cnn2gnn.data import load_dataset, normalize
 from cnn2gnn.models.gnn import GNNStudent
 
 D, C, HIDDEN, K, M = 16, 3, 8, 3, 10  # input size, classes, hidden width, neighbours, anchors
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls run fastest on one thread (and a busy machine makes a second one wait for milliseconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def student(aggregate="sage", *, label_messages=False, graph_space="proj", **kwargs) -> GNNStudent:
@@ -276,20 +265,6 @@ def test_save_and_load_keeps_the_anchor_bank(tmp_path, aggregate):
 
 
 # ------------------------------------------------------------------------------------------- the command line
-
-ONE_THREAD = ["--set", "run.threads=1", "--quiet"]
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """``cnn2gnn ARGS`` in this process: (exit code, stdout, stderr); the torch thread count is restored."""
-    threads = torch.get_num_threads()
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main([str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
