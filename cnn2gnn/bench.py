@@ -108,8 +108,17 @@ PRESETS: dict[str, Preset] = {
         seeds=(0, 1, 2),
         test_k=(1, 5, 10, 20),
     ),
-    # + ablations and trained sensitivity sweeps, 3 teacher seeds, longer schedules (hours on a CPU)
+    # quick's budgets (its runs are reused) + trained ablation and sensitivity sweeps, 3 seeds each (~1 h, 2 cores)
     "full": Preset(
+        teachers=(Teacher("resnet8", 5), Teacher("resnet20", 2)),
+        student_epochs=8,
+        seeds=(0, 1, 2),
+        sweeps=FULL_SWEEPS,
+        test_batch_sizes=(1, 4, 16, 64, 256, 1024, 4096),
+        test_k=(1, 3, 5, 10, 20, 40, 80),
+    ),
+    # full's sweeps with paper-like schedules and 3 teacher seeds (many hours on a CPU; meant for a GPU)
+    "long": Preset(
         teachers=(Teacher("resnet8", 15), Teacher("resnet20", 30)),
         student_epochs=30,
         seeds=(0, 1, 2),
@@ -347,13 +356,10 @@ def _test_k(model, meta, bundle: DataBundle, preset: Preset, device) -> dict[str
 def anchor_neighbours(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Edge weights and anchor positions of the anchors graph of the images ``x``, largest weight first.
 
-    Uses the student's own graph-space map and cached bank (``_space``, ``_anchor_states``), so the edges are
-    exactly those of the ``anchors`` policy. Shapes: x (n, ...) -> weights (n, k), index (n, k).
+    The student's own :meth:`~cnn2gnn.models.gnn.GNNStudent.anchor_edges`, so the edges are exactly those of the
+    ``anchors`` policy. Shapes: x (n, ...) -> weights (n, k), index (n, k).
     """
-    x = x.reshape(len(x), -1)
-    bank = model._anchor_states()
-    p = model.graph(model._space(x, model.lin1(x)), bank["v"])
-    return p.topk(min(model.graph.k, p.shape[1]), dim=1)
+    return model.anchor_edges(x)
 
 
 def homophily(model, meta, bundle: DataBundle, device) -> list[float]:

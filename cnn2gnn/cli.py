@@ -154,13 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
         "  tiny   digits-sized smoke test: width-4 teachers, 2 student epochs, 2 seeds (seconds)\n"
         "  quick  resnet8 5 epochs + resnet20 2 epochs, students 8 epochs, 3 seeds (<= 20 min on 2 CPU cores, "
         "Fashion-MNIST)\n"
-        "  full   resnet8 15 + resnet20 30 epochs (3 seeds), students 30 epochs, plus trained sweeps of k, T, alpha,\n"
-        "         training batch size, distance space, detached graph and self-loop (hours on a CPU)\n"
+        "  full   quick's budgets (quick's runs in OUT are reused) plus trained sweeps of k, T, alpha, training batch\n"
+        "         size, distance space, detached graph and self-loop, 3 seeds each (about an hour on 2 CPU cores)\n"
+        "  long   full's rows and sweeps with resnet8 15 + resnet20 30 epochs (3 teacher seeds) and 30 student\n"
+        "         epochs (many hours on a CPU; meant for a GPU)\n"
         "example:\n"
         "  cnn2gnn bench --data fashion-mnist --preset quick --out runs/bench",
     )
     _data_args(p, required=True)
-    p.add_argument("--preset", choices=("tiny", "quick", "full"), default="quick", help="budget (default quick)")
+    p.add_argument(
+        "--preset", choices=("tiny", "quick", "full", "long"), default="quick", help="budget (default quick)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for runs/, report.md, results.json, *.png")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument(

@@ -93,7 +93,7 @@ class StudentModelConfig:
     hidden: int = 512  # width h of the hidden layer
     k: int = 10  # neighbours per node in the sparse graph
     aggregate: str = "sage"  # gcn (paper: Z = A ReLU(A X W1) W2) | sage (own and neighbour terms apart) | none (MLP)
-    graph_space: str = "proj"  # where distances are measured: proj (x W1) | head (separate linear head) | pixels
+    graph_space: str = "head"  # where distances are measured: head (separate linear head) | proj (x W1) | pixels
     graph_dim: int = 64  # width of the `head` graph space
     dropout: float = 0.3  # dropout on the hidden layer
     input_dropout: float = 0.0  # dropout on the input pixels

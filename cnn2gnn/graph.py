@@ -11,7 +11,15 @@ import numbers
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NORM_MODES", "SparseGraphLearner", "normalize_adj", "pairwise_sq_dists", "sparse_graph", "symmetrize"]
+__all__ = [
+    "NORM_MODES",
+    "SparseGraphLearner",
+    "normalize_adj",
+    "pairwise_sq_dists",
+    "sparse_graph",
+    "sparse_neighbours",
+    "symmetrize",
+]
 
 NORM_MODES = ("sym", "row", "none")
 
@@ -28,7 +36,7 @@ def _check_matrix(owner: str, name: str, t: object) -> None:
         raise ValueError(f"{owner}: {name} must be a 2-D tensor, got {shape}")
 
 
-def pairwise_sq_dists(x: Tensor, y: Tensor | None = None) -> Tensor:
+def pairwise_sq_dists(x: Tensor, y: Tensor | None = None, *, y_sq: Tensor | None = None) -> Tensor:
     r"""Squared Euclidean distances between the rows of ``x`` and the rows of ``y``, with one matmul.
 
     Part of the graph head of CNN2GNN (https://arxiv.org/abs/2404.14822).
@@ -42,6 +50,7 @@ def pairwise_sq_dists(x: Tensor, y: Tensor | None = None) -> Tensor:
     Args:
         x: the query points.
         y: the points to measure against; ``None`` means ``x`` itself.
+        y_sq: the precomputed :math:`\|\mathbf{y}_j\|^2`, shape :math:`(m,)` (e.g. of a fixed anchor bank).
 
     Shapes:
         - x: :math:`(n, d)`, y: :math:`(m, d)`
@@ -58,17 +67,26 @@ def pairwise_sq_dists(x: Tensor, y: Tensor | None = None) -> Tensor:
                 f"pairwise_sq_dists: x and y need the same feature size, got x {tuple(x.shape)} and y {tuple(y.shape)}"
             )
     x_sq = x.pow(2).sum(dim=1, keepdim=True)
-    y_sq = y.pow(2).sum(dim=1).unsqueeze(0)
-    dist = (x_sq + y_sq - 2.0 * (x @ y.transpose(0, 1))).clamp_min(0.0)
+    if y_sq is None or same:
+        y_sq = y.pow(2).sum(dim=1)
+    elif y_sq.shape != (y.shape[0],):
+        raise ValueError(f"pairwise_sq_dists: y_sq must have shape ({y.shape[0]},), got {tuple(y_sq.shape)}")
+    dist = torch.addmm(y_sq.unsqueeze(0), x, y.transpose(0, 1), alpha=-2.0).add(x_sq).clamp_min(0.0)
     if same:
         eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
         dist = dist.masked_fill(eye, 0.0)
     return dist
 
 
-def sparse_graph(
-    dist: Tensor, k: int, *, exclude_self: bool = False, mask: Tensor | None = None, eps: float = 1e-12
-) -> Tensor:
+def sparse_neighbours(
+    dist: Tensor,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    mask: Tensor | None = None,
+    eps: float = 1e-12,
+    _owner: str = "sparse_neighbours",
+) -> tuple[Tensor, Tensor]:
     r"""Row-stochastic sparse graph with the closed form of "adaptive neighbours" (METHOD.md section 2).
 
     The graph head of CNN2GNN (https://arxiv.org/abs/2404.14822). Sorting row :math:`i` of the distances
@@ -100,18 +118,22 @@ def sparse_graph(
         mask: bool, shape of ``dist``; ``True`` marks pairs that may not be edges (e.g. an image and its own copy
             in an anchor bank).
         eps: rows with a denominator at or below ``eps`` fall back to uniform weights.
+        _owner: the name error messages start with.
 
     Shapes:
         - dist: :math:`(n, m)`
-        - output: :math:`(n, m)`, dense, with at most ``k`` non-zeros per row, each row summing to 1
+        - output: ``(weights, index)``, both :math:`(n, k')` with :math:`k' = \min(k, c - 1)` (1 when :math:`c = 1`):
+          row :math:`i`'s edge weights, nearest first, summing to 1, and the columns they belong to. This sparse
+          form lets a node aggregate its neighbours with a gather of :math:`k'` rows instead of a dense
+          :math:`(n, m)` product; :func:`sparse_graph` scatters it into the dense matrix.
     """
-    _check_matrix("sparse_graph", "dist", dist)
-    k = _check_k("sparse_graph", k)
+    _check_matrix(_owner, "dist", dist)
+    k = _check_k(_owner, k)
     n, m = dist.shape
     if exclude_self and n != m:
-        raise ValueError(f"sparse_graph: exclude_self=True needs a square dist, got {tuple(dist.shape)}")
+        raise ValueError(f"{_owner}: exclude_self=True needs a square dist, got {tuple(dist.shape)}")
     if mask is not None and mask.shape != dist.shape:
-        raise ValueError(f"sparse_graph: mask must have the shape of dist {tuple(dist.shape)}, got {tuple(mask.shape)}")
+        raise ValueError(f"{_owner}: mask must have the shape of dist {tuple(dist.shape)}, got {tuple(mask.shape)}")
     if exclude_self:
         eye = torch.eye(n, dtype=torch.bool, device=dist.device)
         mask = eye if mask is None else mask | eye
@@ -122,12 +144,10 @@ def sparse_graph(
     else:
         candidates = m
     if candidates <= 0:
-        raise ValueError(
-            f"sparse_graph: no candidate neighbours (dist {tuple(dist.shape)}, exclude_self={exclude_self})"
-        )
+        raise ValueError(f"{_owner}: no candidate neighbours (dist {tuple(dist.shape)}, exclude_self={exclude_self})")
     if candidates == 1:
         nearest = dist.argmin(dim=1, keepdim=True)
-        return torch.zeros_like(dist).scatter(1, nearest, 1.0)
+        return torch.ones_like(dist[:, :1]), nearest
 
     k = min(k, candidates - 1)
     values, index = torch.topk(dist, k + 1, dim=1, largest=False, sorted=True)
@@ -136,7 +156,24 @@ def sparse_graph(
     denom = gaps.sum(dim=1, keepdim=True)  # = k d_i(k+1) - sum_l d_i(l)
     ok = denom > eps
     weights = torch.where(ok, gaps / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(gaps, 1.0 / k))
-    return torch.zeros_like(dist).scatter(1, index[:, :k], weights)
+    return weights, index[:, :k]
+
+
+def sparse_graph(
+    dist: Tensor, k: int, *, exclude_self: bool = False, mask: Tensor | None = None, eps: float = 1e-12
+) -> Tensor:
+    r"""The dense form of :func:`sparse_neighbours`: the row-stochastic k-neighbour graph as an (n, m) matrix.
+
+    The graph head of CNN2GNN (https://arxiv.org/abs/2404.14822), METHOD.md section 2:
+    :math:`p_{ij} = (d_{i(k+1)} - d_{ij})_+ / (k\, d_{i(k+1)} - \sum_{l \le k} d_{i(l)})`. Arguments, degenerate
+    cases and gradients as in :func:`sparse_neighbours`.
+
+    Shapes:
+        - dist: :math:`(n, m)`
+        - output: :math:`(n, m)`, dense, with at most ``k`` non-zeros per row, each row summing to 1
+    """
+    weights, index = sparse_neighbours(dist, k, exclude_self=exclude_self, mask=mask, eps=eps, _owner="sparse_graph")
+    return torch.zeros_like(dist).scatter(1, index, weights)
 
 
 def symmetrize(p: Tensor) -> Tensor:
@@ -254,19 +291,36 @@ class SparseGraphLearner(nn.Module):
         self.norm = norm
         self.detach = bool(detach)
 
-    def forward(self, v: Tensor, anchors: Tensor | None = None, exclude: Tensor | None = None) -> Tensor:
-        """Build the graph; ``exclude`` (bool, (n, m), anchors mode only) marks pairs that may not be edges, e.g. a
-        training image and its own copy in the anchor bank."""
+    def forward(
+        self,
+        v: Tensor,
+        anchors: Tensor | None = None,
+        exclude: Tensor | None = None,
+        *,
+        anchors_sq: Tensor | None = None,
+        sparse: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Build the graph. Anchors mode only: ``exclude`` (bool, (n, m)) marks pairs that may not be edges, e.g. a
+        training image and its own copy in the anchor bank; ``anchors_sq`` (m,) are the anchors' precomputed squared
+        norms (a fixed bank needs them once); ``sparse=True`` returns the graph as ``(weights, index)``, each
+        (n, k), from :func:`sparse_neighbours`, so that a node can gather its k anchors instead of multiplying by a
+        dense (n, m) matrix."""
         name = type(self).__name__
         _check_matrix(name, "v", v)
         if self.detach:
             v = v.detach()
             anchors = None if anchors is None else anchors.detach()
+            anchors_sq = None if anchors_sq is None else anchors_sq.detach()
         if anchors is not None:
             _check_matrix(name, "anchors", anchors)
             if anchors.shape[0] == 0:
                 raise ValueError(f"{name}: anchors is empty, got {tuple(anchors.shape)}")
-            return sparse_graph(pairwise_sq_dists(v, anchors), self.k, mask=exclude)
+            dist = pairwise_sq_dists(v, anchors, y_sq=anchors_sq)
+            if sparse:
+                return sparse_neighbours(dist, self.k, mask=exclude)
+            return sparse_graph(dist, self.k, mask=exclude)
+        if sparse:
+            raise ValueError(f"{name}: sparse=True needs anchors (the batch graph is symmetrised and normalised)")
         n = v.shape[0]
         if n == 0:
             raise ValueError(f"{name}: v has no rows, got {tuple(v.shape)}")

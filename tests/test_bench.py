@@ -41,8 +41,8 @@ def test_sweep_point_equal_to_the_default_is_the_method_row():
         sweeps=(Sweep("k", "model.k", (5, 10), "k"), Sweep("space", "model.graph_space", ("proj", "head"), "space")),
     )
     names = [j.name for j in plan(preset)]
-    assert "k-5" in names and "space-head" in names
-    assert "k-10" not in names and "space-proj" not in names  # k=10 and proj are the defaults: the cnn2gnn row
+    assert "k-5" in names and "space-proj" in names
+    assert "k-10" not in names and "space-head" not in names  # k=10 and head are the defaults: the cnn2gnn row
     assert names.count(METHOD) == 1
     assert len(names) == len(set(names))
 
@@ -62,6 +62,12 @@ def test_full_preset_covers_the_issue_sweeps():
         "model.self_loop",
     }
     assert min(len(PRESETS[p].seeds) for p in ("quick", "full")) >= 3
+
+
+def test_full_preset_reuses_every_quick_run():
+    # same budgets, so a full bench in a quick bench's folder retrains none of quick's runs
+    full = {(j.name, j.overrides, j.seed, j.teacher) for j in plan(PRESETS["full"])}
+    assert {(j.name, j.overrides, j.seed, j.teacher) for j in plan(PRESETS["quick"])} <= full
 
 
 def test_config_hash_ignores_progress_and_root_but_not_settings_or_data():

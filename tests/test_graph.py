@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from cnn2gnn.graph import SparseGraphLearner, normalize_adj, pairwise_sq_dists, sparse_graph, symmetrize
+from cnn2gnn.graph import (
+    SparseGraphLearner,
+    normalize_adj,
+    pairwise_sq_dists,
+    sparse_graph,
+    sparse_neighbours,
+    symmetrize,
+)
 
 
 def _points(n: int, d: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -192,3 +199,31 @@ def test_learner_output_and_repr():
     assert (a.diagonal() > 0).all()
     row = SparseGraphLearner(3, symmetric=False, self_loop=False, norm="row")(_points(9, seed=13))
     assert ((row > 0).sum(dim=1) == 3).all() and (row.diagonal() == 0).all()
+
+
+def test_precomputed_anchor_norms_give_the_same_distances():
+    x, y = _points(5, seed=11), _points(7, seed=12)
+    torch.testing.assert_close(pairwise_sq_dists(x, y, y_sq=y.pow(2).sum(1)), pairwise_sq_dists(x, y))
+    with pytest.raises(ValueError, match="y_sq must have shape"):
+        pairwise_sq_dists(x, y, y_sq=torch.ones(6))
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_sparse_neighbours_is_the_dense_graph_in_sparse_form(k):
+    d = pairwise_sq_dists(_points(6, seed=13), _points(7, seed=14))
+    weights, index = sparse_neighbours(d, k)
+    assert weights.shape == index.shape == (6, k)
+    assert torch.all(weights[:, :-1] >= weights[:, 1:])  # nearest first
+    dense = sparse_graph(d, k)
+    torch.testing.assert_close(torch.gather(dense, 1, index), weights)
+    torch.testing.assert_close(weights.sum(1), torch.ones_like(weights[:, 0]))
+
+
+def test_the_learner_returns_the_anchor_graph_sparse_or_dense():
+    v, anchors = _points(5, seed=15), _points(9, seed=16)
+    learner = SparseGraphLearner(3)
+    weights, index = learner(v, anchors, sparse=True)
+    dense = learner(v, anchors)
+    torch.testing.assert_close(torch.zeros_like(dense).scatter(1, index, weights), dense)
+    with pytest.raises(ValueError, match="sparse=True needs anchors"):
+        learner(v, sparse=True)

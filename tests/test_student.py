@@ -81,7 +81,7 @@ def test_detached_graph_passes_no_gradient_through_the_distances(aggregate, grap
     attached = with_bank(student(aggregate)).train()
     detached = with_bank(student(aggregate, detach_graph=True)).train()
     detached.load_state_dict(attached.state_dict())
-    constant = [g.detach() for g in _graphs(attached, x, graph)]
+    constant = [(g[0].detach(), g[1]) if isinstance(g, tuple) else g.detach() for g in _graphs(attached, x, graph)]
     replay = iter(constant)
     handle = attached.graph.register_forward_hook(lambda mod, inp, out: next(replay))
     with_constant_graph = grads(attached, x, graph=graph)
@@ -92,9 +92,40 @@ def test_detached_graph_passes_no_gradient_through_the_distances(aggregate, grap
     assert not torch.allclose(learned["lin1.weight"], with_constant_graph["lin1.weight"])
 
 
-def _graphs(model: GNNStudent, x: torch.Tensor, graph: str) -> list[torch.Tensor]:
-    """The graphs the learner returns in one forward pass (bank graph first under anchors in train mode)."""
-    seen: list[torch.Tensor] = []
+@pytest.mark.parametrize("aggregate", ["gcn", "sage"])
+@pytest.mark.parametrize("training", [False, True])
+def test_anchors_forward_gathers_what_the_dense_graph_multiplies(aggregate, training):
+    # the anchors policy aggregates its k anchors by a gather; check it against P @ messages with the dense P
+    torch.manual_seed(0)
+    model = with_bank(student(aggregate, label_messages=True)).train(training)
+    x = torch.randn(7, D)
+    bank = model._anchor_states()
+    u = model.lin1(x)
+    p = model.graph(u, bank["v"])  # dense (n, m), the same distances and k
+    weights, index = model.anchor_edges(x)
+    torch.testing.assert_close(torch.gather(p, 1, index), weights)
+    if aggregate == "sage":
+        h = torch.relu(u + p @ bank["w"])
+        expected = model.lin2(h) + p @ bank["msg2"]
+    else:
+        b1 = model.lin1.bias
+        h = torch.relu(0.5 * ((u - b1) + p @ bank["w"]) + b1)
+        expected = 0.5 * (h @ model.lin2.weight.T + p @ bank["msg2"]) + model.lin2.bias
+    torch.testing.assert_close(model(x, graph="anchors"), expected)
+
+
+def _dense(out, x: torch.Tensor, model: GNNStudent) -> torch.Tensor:
+    """A graph as the learner returned it, dense: (weights, index) pairs (the anchors graph) scattered to (n, m)."""
+    if isinstance(out, tuple):
+        weights, index = out
+        return torch.zeros(len(weights), model.anchor_x.shape[0]).scatter(1, index, weights)
+    return out
+
+
+def _graphs(model: GNNStudent, x: torch.Tensor, graph: str) -> list:
+    """The graphs the learner returns in one forward pass, as returned (bank graph first under anchors in train
+    mode; the anchors graph as a (weights, index) pair)."""
+    seen: list = []
     handle = model.graph.register_forward_hook(lambda mod, inp, out: seen.append(out))
     try:
         model(x, graph=graph)
@@ -202,7 +233,7 @@ def test_a_training_image_is_never_its_own_anchor(aggregate):
 
 def _graphs_with_index(model, x, index):
     seen = []
-    handle = model.graph.register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+    handle = model.graph.register_forward_hook(lambda mod, inp, out: seen.append(_dense(out, x, model).detach()))
     try:
         model(x, graph="anchors", index=index)
     finally:

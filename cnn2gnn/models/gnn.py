@@ -135,7 +135,7 @@ class GNNStudent(nn.Module):
         hidden: int = 512,
         k: int = 10,
         aggregate: str = "sage",
-        graph_space: str = "proj",
+        graph_space: str = "head",
         graph_dim: int = 64,
         dropout: float = 0.3,
         input_dropout: float = 0.0,
@@ -221,7 +221,7 @@ class GNNStudent(nn.Module):
             msg2 = ha @ self.lin2.weight.T
         if self.label_messages:
             msg2 = msg2 + self.label_gain(nn.functional.one_hot(self.anchor_y, self.num_classes).to(msg2))
-        states = {"v": va, "w": wa, "msg2": msg2}
+        states = {"v": va, "v_sq": va.pow(2).sum(dim=1), "w": wa, "msg2": msg2}
         if not self.training:
             self._cache = {k: t.detach() for k, t in states.items()}
         return states
@@ -249,20 +249,39 @@ class GNNStudent(nn.Module):
         h = self.drop(torch.relu(a @ (u - b1) + b1))
         return a @ (h @ self.lin2.weight.T) + self.lin2.bias
 
+    def anchor_edges(self, x: Tensor, *, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The anchors graph of the images ``x`` in sparse form: edge weights (n, k), largest first, and the
+        positions of those anchors in the bank (n, k). ``index`` as in :meth:`forward`."""
+        if not self.has_anchors:
+            raise ValueError(f"{type(self).__name__}: graph='anchors' needs an anchor bank (set_anchors)")
+        if self.aggregate == "none":
+            raise ValueError(f"{type(self).__name__}: aggregate='none' (an MLP) has no graph")
+        x = x.reshape(x.shape[0], -1)
+        return self._edges(x, self.lin1(x), index, self._anchor_states())
+
+    def _edges(self, x: Tensor, u: Tensor, index: Tensor | None, bank: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        exclude = None
+        if index is not None and self.training:
+            exclude = index.to(self.anchor_index.device)[:, None] == self.anchor_index[None, :]
+        return self.graph(self._space(x, u), bank["v"], exclude, anchors_sq=bank["v_sq"], sparse=True)
+
     def _forward_anchors(self, x: Tensor, u: Tensor, index: Tensor | None) -> Tensor:
         if not self.has_anchors:
             raise ValueError(f"{type(self).__name__}: graph='anchors' needs an anchor bank (set_anchors)")
         bank = self._anchor_states()
-        exclude = None
-        if index is not None and self.training:
-            exclude = index.to(self.anchor_index.device)[:, None] == self.anchor_index[None, :]
-        p = self.graph(self._space(x, u), bank["v"], exclude=exclude)
+        weight, nbr = self._edges(x, u, index, bank)
+
+        def gather(messages: Tensor) -> Tensor:
+            # sum_j p_ij m_j over the k non-zero edges: a weighted sum of k rows per image (one fused kernel that
+            # does not materialise the (n, k, f) neighbours), not a dense (n, m) product
+            return nn.functional.embedding_bag(nbr, messages, per_sample_weights=weight, mode="sum")
+
         if self.aggregate == "sage":
-            h = self.drop(torch.relu(u + p @ bank["w"]))
-            return self.lin2(h) + p @ bank["msg2"]
+            h = self.drop(torch.relu(u + gather(bank["w"])))
+            return self.lin2(h) + gather(bank["msg2"])
         b1 = self.lin1.bias
-        h = self.drop(torch.relu(0.5 * ((u - b1) + p @ bank["w"]) + b1))
-        return 0.5 * (h @ self.lin2.weight.T + p @ bank["msg2"]) + self.lin2.bias
+        h = self.drop(torch.relu(0.5 * ((u - b1) + gather(bank["w"])) + b1))
+        return 0.5 * (h @ self.lin2.weight.T + gather(bank["msg2"])) + self.lin2.bias
 
     def extra_repr(self) -> str:
         return (
