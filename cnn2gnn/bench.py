@@ -648,6 +648,9 @@ def _bench(
         "jobs": log,
         "trained": sum(not j["reused"] for j in log),
         "reused": sum(j["reused"] for j in log),
+        # every run's own training wall time, reused runs as recorded when they were trained: the cost of the
+        # preset from scratch, whatever an earlier call already did
+        "runs_train_seconds": round(sum(j["wall_seconds"] for j in log), 1),
     }
     figures.update(_figures(results, preset, out))
     results["figures"] = figures
@@ -869,7 +872,13 @@ def report(results: dict) -> str:
         f"- versions: {versions}",
         f"- time: {sec['total']:.0f} s in all ({sec['train']:.0f} s training, "
         f"{sec['total'] - sec['train']:.0f} s evaluation and report); {results['trained']} runs trained, "
-        f"{results['reused']} reused from an earlier call with the same config hash",
+        f"{results['reused']} reused from an earlier call with the same config hash"
+        + (
+            f"; the training of all {len(results['jobs'])} runs, reused ones as recorded when they were trained, "
+            f"took {results['runs_train_seconds']:.0f} s"
+            if results.get("runs_train_seconds") is not None and results["reused"]
+            else ""
+        ),
         "",
         "Every number below comes from the runs this command made (folders under `runs/`, named "
         "`<row>-<config hash>-s<seed>`, each with its config.yaml, metrics.jsonl and manifest.json).",

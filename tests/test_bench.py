@@ -185,6 +185,8 @@ def test_second_call_reuses_every_run(bench_runs):
     assert results2["trained"] == 0 and results2["reused"] == len(results2["jobs"])
     assert [j["folder"] for j in results1["jobs"]] == [j["folder"] for j in results2["jobs"]]
     assert results2["seconds"]["train"] < results1["seconds"]["train"]
+    # the cost of the preset from scratch is stated even when every run was reused
+    assert results2["runs_train_seconds"] == results1["runs_train_seconds"] > 0
     # the same runs give the same accuracies
     acc = lambda r: r["rows"][METHOD]["policies"]["anchors"]["test_acc"]["values"]  # noqa: E731
     assert acc(results1) == acc(results2)
