@@ -85,7 +85,6 @@ def sparse_neighbours(
     exclude_self: bool = False,
     mask: Tensor | None = None,
     eps: float = 1e-12,
-    _owner: str = "sparse_neighbours",
 ) -> tuple[Tensor, Tensor]:
     r"""Row-stochastic sparse graph with the closed form of "adaptive neighbours" (METHOD.md section 2).
 
@@ -118,7 +117,6 @@ def sparse_neighbours(
         mask: bool, shape of ``dist``; ``True`` marks pairs that may not be edges (e.g. an image and its own copy
             in an anchor bank).
         eps: rows with a denominator at or below ``eps`` fall back to uniform weights.
-        _owner: the name error messages start with.
 
     Shapes:
         - dist: :math:`(n, m)`
@@ -127,13 +125,20 @@ def sparse_neighbours(
           form lets a node aggregate its neighbours with a gather of :math:`k'` rows instead of a dense
           :math:`(n, m)` product; :func:`sparse_graph` scatters it into the dense matrix.
     """
-    _check_matrix(_owner, "dist", dist)
-    k = _check_k(_owner, k)
+    return _adaptive_neighbours("sparse_neighbours", dist, k, exclude_self, mask, eps)
+
+
+def _adaptive_neighbours(
+    owner: str, dist: Tensor, k: int, exclude_self: bool, mask: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """:func:`sparse_neighbours`, with error messages naming ``owner`` (the public function called)."""
+    _check_matrix(owner, "dist", dist)
+    k = _check_k(owner, k)
     n, m = dist.shape
     if exclude_self and n != m:
-        raise ValueError(f"{_owner}: exclude_self=True needs a square dist, got {tuple(dist.shape)}")
+        raise ValueError(f"{owner}: exclude_self=True needs a square dist, got {tuple(dist.shape)}")
     if mask is not None and mask.shape != dist.shape:
-        raise ValueError(f"{_owner}: mask must have the shape of dist {tuple(dist.shape)}, got {tuple(mask.shape)}")
+        raise ValueError(f"{owner}: mask must have the shape of dist {tuple(dist.shape)}, got {tuple(mask.shape)}")
     if exclude_self:
         eye = torch.eye(n, dtype=torch.bool, device=dist.device)
         mask = eye if mask is None else mask | eye
@@ -144,7 +149,7 @@ def sparse_neighbours(
     else:
         candidates = m
     if candidates <= 0:
-        raise ValueError(f"{_owner}: no candidate neighbours (dist {tuple(dist.shape)}, exclude_self={exclude_self})")
+        raise ValueError(f"{owner}: no candidate neighbours (dist {tuple(dist.shape)}, exclude_self={exclude_self})")
     if candidates == 1:
         nearest = dist.argmin(dim=1, keepdim=True)
         return torch.ones_like(dist[:, :1]), nearest
@@ -172,7 +177,7 @@ def sparse_graph(
         - dist: :math:`(n, m)`
         - output: :math:`(n, m)`, dense, with at most ``k`` non-zeros per row, each row summing to 1
     """
-    weights, index = sparse_neighbours(dist, k, exclude_self=exclude_self, mask=mask, eps=eps, _owner="sparse_graph")
+    weights, index = _adaptive_neighbours("sparse_graph", dist, k, exclude_self, mask, eps)
     return torch.zeros_like(dist).scatter(1, index, weights)
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Images/s of one or more saved models under each inference policy (the graph's cost included).
 
-A micro-benchmark for speed work on the student (docs/ablations.md section 5): random inputs of the model's size, a
-few warm-up calls, then the best of ``--repeats`` timings of ``--calls`` forward passes. Example:
+A micro-benchmark for speed work on the student (docs/ablations.md section 5): the timing of ``cnn2gnn evaluate
+--speed`` (:func:`cnn2gnn.evaluate.images_per_second`) on random inputs of the model's size, at one batch size and
+thread count, best of ``--repeats``. Example:
 
     python scripts/speed_policies.py runs/demo/student runs/demo/teacher --batch 256 --threads 1
 """
@@ -10,24 +11,11 @@ few warm-up calls, then the best of ``--repeats`` timings of ``--calls`` forward
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from cnn2gnn.checkpoint import load_model
-
-
-def images_per_second(fn, x: torch.Tensor, calls: int, repeats: int) -> float:
-    with torch.no_grad():
-        for _ in range(3):
-            fn(x)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn(x)
-            best = min(best, (time.perf_counter() - t0) / calls)
-    return len(x) / best
+from cnn2gnn.evaluate import images_per_second, model_fn
 
 
 def main() -> None:
@@ -35,8 +23,7 @@ def main() -> None:
     p.add_argument("models", nargs="+", help="model folders (teacher or student)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--calls", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3, help="timings per model and policy; the best is printed")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -45,13 +32,12 @@ def main() -> None:
         model, meta = load_model(folder)
         model.eval()
         x = torch.randn(args.batch, meta["in_channels"], *meta["image_size"])
-        policies = (
-            ["batch", "anchors"] if meta["kind"] == "student" and meta.get("aggregate", "sage") != "none" else [None]
-        )
-        for policy in policies:
-            fn = model if policy is None else (lambda t, p=policy, m=model: m(t, graph=p))
-            rate = images_per_second(fn, x, args.calls, args.repeats)
-            print(f"{folder}  {policy or 'none':8s} {rate:10.0f} images/s")
+        graphs = ["batch", "anchors"] if model_fn(model, meta, None)[1] != "none" else [None]
+        for graph in graphs:
+            fn, policy = model_fn(model, meta, graph)
+            with torch.inference_mode():
+                rate = max(images_per_second(fn, x, args.batch) for _ in range(args.repeats))
+            print(f"{folder}  {policy:8s} {rate:10.0f} images/s")
 
 
 if __name__ == "__main__":
