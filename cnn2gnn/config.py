@@ -103,6 +103,10 @@ class StudentModelConfig:
     zero_init: bool = False  # neighbour weights start at 0: the student starts as the same-width MLP (sage)
     anchors: int = 1024  # size m of the anchor bank (stratified sample of the training split); 0 = no bank
     train_graph: str = "batch"  # graph at training time: batch (among the batch) | anchors (to the bank)
+    embed: str = "none"  # input of the two learned layers: none (pixels) | randconv (fixed random conv features)
+    embed_filters: int = 64  # randconv: number of random filters
+    embed_kernel: int = 5  # randconv: filter side
+    embed_pool: int = 4  # randconv: average-pooling cell side
 
 
 @dataclass

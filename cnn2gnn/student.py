@@ -33,10 +33,13 @@ from .train import (
 )
 
 
-def student_kwargs(cfg: StudentConfig) -> dict[str, Any]:
-    """The GNNStudent constructor arguments: every model.* key but the bank size and the training graph."""
+def student_kwargs(cfg: StudentConfig, image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """The GNNStudent constructor arguments: every model.* key but the bank size and the training graph, plus the
+    images' (C, H, W) when an input embedding needs it."""
     kwargs = asdict(cfg.model)
     del kwargs["anchors"], kwargs["train_graph"]
+    if cfg.model.embed != "none":
+        kwargs["image_shape"] = list(image_shape) if image_shape is not None else None
     return kwargs
 
 
@@ -97,8 +100,9 @@ def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) 
     if mc.train_graph == "anchors" and mc.aggregate != "none" and mc.anchors <= 0:
         raise UserError("model.train_graph=anchors needs model.anchors > 0")
     in_features = bundle.in_channels * bundle.image_size[0] * bundle.image_size[1]
+    kwargs = student_kwargs(cfg, (bundle.in_channels, *bundle.image_size))
     try:
-        model = GNNStudent(in_features, bundle.num_classes, **student_kwargs(cfg))
+        model = GNNStudent(in_features, bundle.num_classes, **kwargs)
     except ValueError as err:
         raise UserError(str(err)) from None
     anchors = 0
@@ -148,7 +152,7 @@ def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) 
         "in_features": in_features,
         "train_graph": graph,
         **data_meta(bundle),
-        "student": {"kwargs": student_kwargs(cfg), "anchors": anchors},
+        "student": {"kwargs": kwargs, "anchors": anchors},
         "distill": asdict(cfg.distill),
     }
     save_model_dir(out, model.cpu(), meta)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import SparseGraphLearner
+from .embed import make_embedding
 
 
 class GraphConv(nn.Module):
@@ -122,6 +123,12 @@ class GNNStudent(nn.Module):
         self_loop: add I before normalising (gcn).
         label_messages: propagate anchor labels into the logits (anchors only).
         zero_init: start the neighbour weights (sage) and the label gain at zero, i.e. as the same-width MLP.
+        embed: ``none`` (the layers see pixels) | ``randconv`` (they see fixed random-convolution features
+            :math:`\phi(\mathbf{x})`, :class:`cnn2gnn.models.embed.RandomConvEmbedding`; no trained parameters, so
+            still two learned layers; the MLP baseline with the same ``embed`` sees the same features). The graph's
+            ``pixels`` space is then :math:`\phi(\mathbf{x})`; the anchor bank still stores pixels.
+        embed_filters, embed_kernel, embed_pool: the random filters' number and side, and the pooling cell.
+        image_shape: (C, H, W) of the images; required when ``embed`` is not ``none``.
 
     Shapes:
         x: (n, D) or (n, C_in, H, W) -> logits (n, num_classes)
@@ -143,6 +150,11 @@ class GNNStudent(nn.Module):
         self_loop: bool = True,
         label_messages: bool = False,
         zero_init: bool = False,
+        embed: str = "none",
+        embed_filters: int = 64,
+        embed_kernel: int = 5,
+        embed_pool: int = 4,
+        image_shape: tuple[int, int, int] | list[int] | None = None,
     ):
         super().__init__()
         name = type(self).__name__
@@ -152,12 +164,19 @@ class GNNStudent(nn.Module):
             raise ValueError(f"{name}: graph_space must be one of {GRAPH_SPACES}, got {graph_space!r}")
         self.in_features, self.num_classes, self.hidden = in_features, num_classes, hidden
         self.aggregate, self.graph_space, self.label_messages = aggregate, graph_space, label_messages
-        self.lin1 = nn.Linear(in_features, hidden)
+        if image_shape is not None and math.prod(image_shape) != in_features:
+            raise ValueError(f"{name}: image_shape {tuple(image_shape)} does not have in_features={in_features} values")
+        try:
+            self.embed = make_embedding(embed, image_shape, filters=embed_filters, kernel=embed_kernel, pool=embed_pool)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        features = in_features if self.embed is None else self.embed.out_features
+        self.lin1 = nn.Linear(features, hidden)
         self.lin2 = nn.Linear(hidden, num_classes)
         self.drop = nn.Dropout(dropout)
         self.in_drop = nn.Dropout(input_dropout)
         if aggregate == "sage":
-            self.nbr1 = nn.Linear(in_features, hidden, bias=False)
+            self.nbr1 = nn.Linear(features, hidden, bias=False)
             self.nbr2 = nn.Linear(hidden, num_classes, bias=False)
             if zero_init:  # the student starts as the same-width MLP and learns how much to use its neighbours
                 nn.init.zeros_(self.nbr1.weight)
@@ -168,7 +187,7 @@ class GNNStudent(nn.Module):
                 k, symmetric=sym, self_loop=self_loop and aggregate == "gcn", norm=norm, detach=detach_graph
             )
             if graph_space == "head":
-                self.graph_head = nn.Linear(in_features, graph_dim, bias=False)
+                self.graph_head = nn.Linear(features, graph_dim, bias=False)
         if label_messages:
             self.label_gain = nn.Linear(num_classes, num_classes, bias=False)
             nn.init.zeros_(self.label_gain.weight) if zero_init else nn.init.eye_(self.label_gain.weight)
@@ -195,6 +214,11 @@ class GNNStudent(nn.Module):
         self._cache = None
         return super().train(mode)
 
+    def _features(self, x: Tensor) -> Tensor:
+        """The input rows the learned layers see: flattened pixels, or their fixed embedding."""
+        x = x.reshape(x.shape[0], -1)
+        return x if self.embed is None else self.embed(x)
+
     def _space(self, x: Tensor, u: Tensor) -> Tensor:
         if self.graph_space == "proj":
             return u
@@ -206,7 +230,7 @@ class GNNStudent(nn.Module):
         """The bank's graph-space positions and messages; cached in eval mode (computed once, then reused)."""
         if self._cache is not None and not self.training:
             return self._cache
-        xa = self.in_drop(self.anchor_x)
+        xa = self.in_drop(self._features(self.anchor_x))
         ua = self.lin1(xa)
         va = self._space(xa, ua)
         if self.aggregate == "sage":
@@ -231,7 +255,7 @@ class GNNStudent(nn.Module):
         """Logits for the nodes ``x``; ``graph`` is ``batch`` (a graph among the rows of x) or ``anchors`` (each
         row linked to its k nearest anchors). ``index`` (positions of x in the training split) keeps a training
         image from being its own anchor."""
-        x = self.in_drop(x.reshape(x.shape[0], -1))
+        x = self.in_drop(self._features(x))
         u = self.lin1(x)
         if self.aggregate == "none":
             return self.lin2(self.drop(torch.relu(u)))
@@ -256,7 +280,7 @@ class GNNStudent(nn.Module):
             raise ValueError(f"{type(self).__name__}: graph='anchors' needs an anchor bank (set_anchors)")
         if self.aggregate == "none":
             raise ValueError(f"{type(self).__name__}: aggregate='none' (an MLP) has no graph")
-        x = x.reshape(x.shape[0], -1)
+        x = self._features(x)
         return self._edges(x, self.lin1(x), index, self._anchor_states())
 
     def _edges(self, x: Tensor, u: Tensor, index: Tensor | None, bank: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -286,5 +310,5 @@ class GNNStudent(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"aggregate={self.aggregate}, graph_space={self.graph_space}, anchors={self.anchor_x.shape[0]}, "
-            f"label_messages={self.label_messages}"
+            f"label_messages={self.label_messages}, embed={'none' if self.embed is None else 'randconv'}"
         )

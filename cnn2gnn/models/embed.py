@@ -1,0 +1,79 @@
+"""A fixed random-feature image embedding shared by the GNN student and its same-width MLP baseline (issue 3).
+
+The student's two learned layers see ``phi(x)`` instead of the raw pixels when ``model.embed=randconv``. ``phi`` has
+no trainable parameters, so the student stays a two-layer network; because the MLP baseline uses the same ``phi``,
+any gain of the graph over the MLP is still the graph's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+EMBEDS = ("none", "randconv")
+
+
+class RandomConvEmbedding(nn.Module):
+    r"""Random convolution features: a bank of fixed Gaussian filters, ReLU, average pooling, flattened.
+
+    .. math::
+        \phi(\mathbf{x}) = \mathrm{vec}\,\mathrm{AvgPool}_p\!\left(\mathrm{ReLU}(\mathbf{F} * \mathbf{x})\right),
+        \qquad \mathbf{F}_c \sim \mathcal{N}(0, \mathbf{I}),\; \mathbf{F}_c \leftarrow
+        (\mathbf{F}_c - \bar{\mathbf{F}}_c) / \lVert \mathbf{F}_c - \bar{\mathbf{F}}_c \rVert
+
+    Each filter is centred (zero mean, so it responds to edges and strokes rather than brightness) and scaled to
+    unit norm. The filters are drawn from their own ``seed`` (not the run's), stored as a buffer (saved with the
+    model, never trained). Padding ``kernel // 2`` keeps the spatial size before pooling; pooling of ``pool`` x
+    ``pool`` cells (``ceil_mode``) gives translation tolerance of about ``pool`` pixels.
+
+    Args:
+        image_shape: (C, H, W) of the input images.
+        filters: number of random filters.
+        kernel: filter side.
+        pool: side of the average-pooling cells.
+        seed: seed of the filter draw.
+
+    Shapes:
+        x: (n, C*H*W) or (n, C, H, W) -> (n, out_features), ``out_features = filters * ceil(H/pool) * ceil(W/pool)``
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], *, filters: int = 64, kernel: int = 5, pool: int = 4,
+                 seed: int = 0) -> None:  # fmt: skip
+        super().__init__()
+        name = type(self).__name__
+        if len(image_shape) != 3 or any(int(s) <= 0 for s in image_shape):
+            raise ValueError(f"{name}: image_shape must be (C, H, W) with positive sizes, got {image_shape!r}")
+        for arg, value in (("filters", filters), ("kernel", kernel), ("pool", pool)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: {arg} must be a positive integer, got {arg}={value!r}")
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.kernel, self.pool = kernel, pool
+        c, h, w = self.image_shape
+        g = torch.Generator().manual_seed(seed)
+        weight = torch.randn(filters, c, kernel, kernel, generator=g)
+        weight = weight - weight.mean(dim=(1, 2, 3), keepdim=True)
+        weight = weight / weight.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+        self.register_buffer("weight", weight)
+        self.out_features = filters * (-(-h // pool)) * (-(-w // pool))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], *self.image_shape)
+        z = torch.relu(nn.functional.conv2d(x, self.weight, padding=self.kernel // 2))
+        z = nn.functional.avg_pool2d(z, self.pool, ceil_mode=True)
+        return z.flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"image_shape={self.image_shape}, filters={self.weight.shape[0]}, kernel={self.kernel}, pool={self.pool}"
+
+
+def make_embedding(
+    embed: str, image_shape: tuple[int, int, int] | None, *, filters: int = 64, kernel: int = 5, pool: int = 4
+) -> nn.Module | None:
+    """The input embedding named by ``embed`` (``none`` -> None); ``image_shape`` is required for the others."""
+    if embed not in EMBEDS:
+        raise ValueError(f"embed must be one of {EMBEDS}, got {embed!r}")
+    if embed == "none":
+        return None
+    if image_shape is None:
+        raise ValueError(f"embed={embed!r} needs the image shape (C, H, W)")
+    return RandomConvEmbedding(tuple(image_shape), filters=filters, kernel=kernel, pool=pool)

@@ -1,0 +1,105 @@
+"""Tests of the fixed random-convolution input embedding (``model.embed=randconv``, issue 3): shape, no trained
+parameters, centred unit-norm filters saved with the model, the same features for the MLP and the GNN, the anchors
+policy's batch independence on top of it, and a distill -> load -> evaluate run through the command line."""
+
+import json
+
+import pytest
+import torch
+from helpers import ONE_THREAD, run_cli
+
+from cnn2gnn.checkpoint import load_model
+from cnn2gnn.models.embed import RandomConvEmbedding, make_embedding
+from cnn2gnn.models.gnn import GNNStudent
+
+SHAPE = (1, 8, 8)
+
+
+def test_shape_and_no_trained_parameters():
+    emb = RandomConvEmbedding(SHAPE, filters=6, kernel=3, pool=3)
+    assert emb.out_features == 6 * 3 * 3  # ceil(8 / 3) = 3 cells per side
+    x = torch.randn(5, 64)
+    assert emb(x).shape == (5, emb.out_features)
+    assert torch.equal(emb(x), emb(x.view(5, *SHAPE)))
+    assert list(emb.parameters()) == [] and "weight" in emb.state_dict()
+    assert (emb(x) >= 0).all()  # ReLU then averaging
+
+
+def test_filters_are_centred_unit_norm_and_fixed_by_the_seed():
+    a, b, c = (RandomConvEmbedding((3, 8, 8), filters=5, seed=s) for s in (0, 0, 1))
+    w = a.weight.flatten(1)
+    assert torch.allclose(w.mean(dim=1), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(w.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+
+
+def test_a_constant_image_gives_zero_features_away_from_the_border():
+    emb = RandomConvEmbedding((1, 12, 12), filters=4, kernel=3, pool=4)
+    z = emb(torch.full((1, 144), 3.0)).view(4, 3, 3)
+    assert torch.allclose(z[:, 1, 1], torch.zeros(4), atol=1e-5)  # centred filters ignore brightness
+
+
+@pytest.mark.parametrize(
+    ("embed", "shape", "fragment"),
+    [("randconv", None, "needs the image shape"), ("fourier", SHAPE, "embed must be one of")],
+)
+def test_bad_embedding_arguments(embed, shape, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        make_embedding(embed, shape)
+
+
+def test_student_checks_the_image_shape():
+    with pytest.raises(ValueError, match="does not have in_features=64"):
+        GNNStudent(64, 3, hidden=8, k=3, embed="randconv", image_shape=(1, 7, 7))
+    with pytest.raises(ValueError, match="GNNStudent: embed='randconv' needs the image shape"):
+        GNNStudent(64, 3, hidden=8, k=3, embed="randconv")
+
+
+def student(aggregate: str, **kwargs) -> GNNStudent:
+    torch.manual_seed(0)
+    return GNNStudent(
+        64, 3, hidden=8, k=3, aggregate=aggregate, dropout=0.0, embed="randconv", embed_filters=4, embed_kernel=3,
+        embed_pool=2, image_shape=SHAPE, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("graph", ["batch", "anchors"])
+def test_gnn_and_mlp_see_the_same_features_and_every_weight_learns(graph):
+    gnn, mlp = student("sage"), student("none")
+    assert torch.equal(gnn.embed.weight, mlp.embed.weight)
+    assert gnn.lin1.in_features == mlp.lin1.in_features == 4 * 4 * 4
+    g = torch.Generator().manual_seed(1)
+    gnn.set_anchors(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
+    x = torch.randn(10, *SHAPE, generator=g)
+    gnn(x, graph=graph).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gnn.parameters())
+
+
+def test_anchors_policy_with_embedding_ignores_batch_order():
+    model = student("sage").eval()
+    g = torch.Generator().manual_seed(2)
+    model.set_anchors(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
+    x = torch.randn(9, 64, generator=g)
+    perm = torch.randperm(9, generator=g)
+    with torch.no_grad():
+        full = model(x, graph="anchors")
+        assert torch.allclose(model(x[perm], graph="anchors"), full[perm], atol=1e-6)
+        assert torch.allclose(model(x[:1], graph="anchors"), full[:1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_distill_with_random_conv_features_and_reload(tmp_path):
+    out = tmp_path / "rc"
+    code, text, err = run_cli(
+        "distill", "--data", "digits", "--epochs", 1, "--set", "model.embed=randconv", "--set", "model.embed_pool=2",
+        "--set", "model.hidden=16", "--set", "model.anchors=40", *ONE_THREAD, "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["student"]["kwargs"]["image_shape"] == [1, 8, 8]
+    model, _ = load_model(out)
+    assert model.embed is not None and model.lin1.in_features == 64 * 4 * 4
+    code, text, err = run_cli("evaluate", "--model", out, "--data", "digits", "--graph", "anchors", "--json")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads(text)["mean"] == pytest.approx(summary["test_acc_anchors"], abs=1e-6)
