@@ -164,6 +164,7 @@ class GNNStudent(nn.Module):
             raise ValueError(f"{name}: graph_space must be one of {GRAPH_SPACES}, got {graph_space!r}")
         self.in_features, self.num_classes, self.hidden = in_features, num_classes, hidden
         self.aggregate, self.graph_space, self.label_messages = aggregate, graph_space, label_messages
+        self.embed_name = embed
         if image_shape is not None and math.prod(image_shape) != in_features:
             raise ValueError(f"{name}: image_shape {tuple(image_shape)} does not have in_features={in_features} values")
         try:
@@ -310,5 +311,5 @@ class GNNStudent(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"aggregate={self.aggregate}, graph_space={self.graph_space}, anchors={self.anchor_x.shape[0]}, "
-            f"label_messages={self.label_messages}, embed={'none' if self.embed is None else 'randconv'}"
+            f"label_messages={self.label_messages}, embed={self.embed_name}"
         )
