@@ -104,8 +104,9 @@ class StudentModelConfig:
     anchors: int = 1024  # size m of the anchor bank (stratified sample of the training split); 0 = no bank
     train_graph: str = "batch"  # graph at training time: batch (among the batch) | anchors (to the bank)
     embed: str = "none"  # input of the two learned layers: none (pixels) | randconv (fixed random conv features)
-    embed_filters: int = 64  # randconv: number of random filters
-    embed_kernel: int = 5  # randconv: filter side
+    #                      | patch (a learned patch embedding: a third learned layer, for the MLP baseline too)
+    embed_filters: int = 64  # randconv: number of random filters; patch: values per patch
+    embed_kernel: int = 5  # randconv: filter side; patch: patch side
     embed_pool: int = 4  # randconv: average-pooling cell side
 
 

@@ -9,7 +9,7 @@ import torch
 from helpers import ONE_THREAD, run_cli
 
 from cnn2gnn.checkpoint import load_model
-from cnn2gnn.models.embed import RandomConvEmbedding, make_embedding
+from cnn2gnn.models.embed import PatchEmbedding, RandomConvEmbedding, make_embedding
 from cnn2gnn.models.gnn import GNNStudent
 
 SHAPE = (1, 8, 8)
@@ -41,7 +41,11 @@ def test_a_constant_image_gives_zero_features_away_from_the_border():
 
 @pytest.mark.parametrize(
     ("embed", "shape", "fragment"),
-    [("randconv", None, "needs the image shape"), ("fourier", SHAPE, "embed must be one of")],
+    [
+        ("randconv", None, "needs the image shape"),
+        ("patch", None, "needs the image shape"),
+        ("fourier", SHAPE, "embed must be one of"),
+    ],
 )
 def test_bad_embedding_arguments(embed, shape, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -99,6 +103,62 @@ def test_distill_with_random_conv_features_and_reload(tmp_path):
     assert meta["student"]["kwargs"]["image_shape"] == [1, 8, 8]
     model, _ = load_model(out)
     assert model.embed is not None and model.lin1.in_features == 64 * 4 * 4
+    code, text, err = run_cli("evaluate", "--model", out, "--data", "digits", "--graph", "anchors", "--json")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads(text)["mean"] == pytest.approx(summary["test_acc_anchors"], abs=1e-6)
+
+
+# -- the learned patch embedding (model.embed=patch) ------------------------------------------------------------
+
+
+def test_patch_embedding_maps_each_patch_alone():
+    emb = PatchEmbedding((2, 9, 8), filters=5, patch=4)
+    assert emb.out_features == 5 * 2 * 2  # the 9th row does not fill a patch and is dropped
+    assert [p.shape for p in emb.parameters()] == [(5, 2, 4, 4), (5,)]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 9, 8, generator=g)
+    z = emb(x).view(3, 5, 2, 2)
+    patch = x[:, :, 4:8, 0:4].flatten(1)  # second row of patches, first column
+    by_hand = torch.relu(patch @ emb.proj.weight.flatten(1).T + emb.proj.bias)
+    assert torch.allclose(z[:, :, 1, 0], by_hand, atol=1e-5)
+    y = x.clone()
+    y[:, :, 8, :] = 100.0  # the dropped row changes nothing
+    assert torch.equal(emb(y), emb(x))
+    with pytest.raises(ValueError, match="patch=10 is larger than the 9x8 images"):
+        PatchEmbedding((2, 9, 8), patch=10)
+
+
+@pytest.mark.parametrize("graph", ["batch", "anchors"])
+def test_patch_embedding_learns_with_the_student(graph):
+    torch.manual_seed(0)
+    model = GNNStudent(64, 3, hidden=8, k=3, dropout=0.0, embed="patch", embed_filters=4, embed_kernel=4,
+                       image_shape=SHAPE)  # fmt: skip
+    assert model.lin1.in_features == 4 * 2 * 2
+    g = torch.Generator().manual_seed(1)
+    model.set_anchors(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
+    model(torch.randn(10, 64, generator=g), graph=graph).square().sum().backward()
+    assert model.embed.proj.weight.grad is not None and model.embed.proj.weight.grad.abs().sum() > 0
+    model.eval()
+    x = torch.randn(7, 64, generator=g)
+    perm = torch.randperm(7, generator=g)
+    with torch.no_grad():
+        full = model(x, graph="anchors")
+        assert torch.allclose(model(x[perm], graph="anchors"), full[perm], atol=1e-6)
+        assert torch.allclose(model(x[:1], graph="anchors"), full[:1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_distill_with_a_patch_embedding_and_reload(tmp_path):
+    out = tmp_path / "patch"
+    code, text, err = run_cli(
+        "distill", "--data", "digits", "--epochs", 1, "--set", "model.embed=patch", "--set", "model.embed_kernel=4",
+        "--set", "model.embed_filters=6", "--set", "model.hidden=16", "--set", "model.anchors=40", *ONE_THREAD,
+        "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    model, _ = load_model(out)
+    assert isinstance(model.embed, PatchEmbedding) and model.lin1.in_features == 6 * 2 * 2
     code, text, err = run_cli("evaluate", "--model", out, "--data", "digits", "--graph", "anchors", "--json")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())

@@ -1,8 +1,12 @@
-"""A fixed random-feature image embedding shared by the GNN student and its same-width MLP baseline (issue 3).
+"""Image embeddings in front of the GNN student and its same-width MLP baseline (issue 3).
 
-The student's two learned layers see ``phi(x)`` instead of the raw pixels when ``model.embed=randconv``. ``phi`` has
-no trainable parameters, so the student stays a two-layer network; because the MLP baseline uses the same ``phi``,
-any gain of the graph over the MLP is still the graph's.
+The student's two learned layers see ``phi(x)`` instead of the raw pixels when ``model.embed`` is not ``none``:
+
+- ``randconv``: fixed random convolution features. ``phi`` has no trainable parameters, so the student stays a
+  two-layer network; because the MLP baseline uses the same ``phi``, any gain of the graph over the MLP is still the
+  graph's.
+- ``patch``: a learned patch embedding (non-overlapping patches, one linear map each, ReLU). It *is* a third learned
+  layer; the MLP baseline with the same switch learns its own, so the comparison stays like for like.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-EMBEDS = ("none", "randconv")
+EMBEDS = ("none", "randconv", "patch")
 
 
 class RandomConvEmbedding(nn.Module):
@@ -66,14 +70,59 @@ class RandomConvEmbedding(nn.Module):
         return f"image_shape={self.image_shape}, filters={self.weight.shape[0]}, kernel={self.kernel}, pool={self.pool}"
 
 
+class PatchEmbedding(nn.Module):
+    r"""A learned patch embedding: each non-overlapping ``patch`` x ``patch`` cell is mapped by the same linear map
+    to ``filters`` values, then ReLU, flattened.
+
+    .. math::
+        \phi(\mathbf{x}) = \mathrm{vec}\,\mathrm{ReLU}(\mathbf{E} *_{p} \mathbf{x} + \mathbf{b}),
+        \qquad \mathbf{E} \in \mathbb{R}^{f \times C \times p \times p}
+
+    (a convolution of stride p). Rows and columns that do not fill a whole patch (H mod p, W mod p) are dropped.
+
+    Args:
+        image_shape: (C, H, W) of the input images.
+        filters: values per patch f.
+        patch: patch side p (at most min(H, W)).
+
+    Shapes:
+        x: (n, C*H*W) or (n, C, H, W) -> (n, out_features), ``out_features = filters * (H // patch) * (W // patch)``
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], *, filters: int = 64, patch: int = 4) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if len(image_shape) != 3 or any(int(s) <= 0 for s in image_shape):
+            raise ValueError(f"{name}: image_shape must be (C, H, W) with positive sizes, got {image_shape!r}")
+        for arg, value in (("filters", filters), ("patch", patch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: {arg} must be a positive integer, got {arg}={value!r}")
+        self.image_shape = tuple(int(s) for s in image_shape)
+        c, h, w = self.image_shape
+        if patch > min(h, w):
+            raise ValueError(f"{name}: patch={patch} is larger than the {h}x{w} images")
+        self.proj = nn.Conv2d(c, filters, patch, stride=patch)
+        self.out_features = filters * (h // patch) * (w // patch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.proj(x.reshape(x.shape[0], *self.image_shape))).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"image_shape={self.image_shape}"
+
+
 def make_embedding(
     embed: str, image_shape: tuple[int, int, int] | None, *, filters: int = 64, kernel: int = 5, pool: int = 4
 ) -> nn.Module | None:
-    """The input embedding named by ``embed`` (``none`` -> None); ``image_shape`` is required for the others."""
+    """The input embedding named by ``embed`` (``none`` -> None); ``image_shape`` is required for the others.
+    ``kernel`` is the random filters' side for ``randconv`` and the patch side for ``patch`` (``pool`` is unused
+    there)."""
     if embed not in EMBEDS:
         raise ValueError(f"embed must be one of {EMBEDS}, got {embed!r}")
     if embed == "none":
         return None
     if image_shape is None:
         raise ValueError(f"embed={embed!r} needs the image shape (C, H, W)")
+    if embed == "patch":
+        return PatchEmbedding(tuple(image_shape), filters=filters, patch=kernel)
     return RandomConvEmbedding(tuple(image_shape), filters=filters, kernel=kernel, pool=pool)

@@ -125,9 +125,12 @@ class GNNStudent(nn.Module):
         zero_init: start the neighbour weights (sage) and the label gain at zero, i.e. as the same-width MLP.
         embed: ``none`` (the layers see pixels) | ``randconv`` (they see fixed random-convolution features
             :math:`\phi(\mathbf{x})`, :class:`cnn2gnn.models.embed.RandomConvEmbedding`; no trained parameters, so
-            still two learned layers; the MLP baseline with the same ``embed`` sees the same features). The graph's
-            ``pixels`` space is then :math:`\phi(\mathbf{x})`; the anchor bank still stores pixels.
-        embed_filters, embed_kernel, embed_pool: the random filters' number and side, and the pooling cell.
+            still two learned layers; the MLP baseline with the same ``embed`` sees the same features) | ``patch``
+            (a learned patch embedding, :class:`cnn2gnn.models.embed.PatchEmbedding`: a third learned layer, trained
+            with the rest). The graph's ``pixels`` space is then :math:`\phi(\mathbf{x})`; the anchor bank still
+            stores pixels.
+        embed_filters, embed_kernel, embed_pool: the random filters' number and side, and the pooling cell
+            (``patch``: values per patch and patch side; no pooling).
         image_shape: (C, H, W) of the images; required when ``embed`` is not ``none``.
 
     Shapes:
