@@ -219,7 +219,7 @@ class GNNStudent(nn.Module):
         return super().train(mode)
 
     def _features(self, x: Tensor) -> Tensor:
-        """The input rows the learned layers see: flattened pixels, or their fixed embedding."""
+        """The input rows the learned layers see: flattened pixels, or their embedding (``embed``)."""
         x = x.reshape(x.shape[0], -1)
         return x if self.embed is None else self.embed(x)
 
