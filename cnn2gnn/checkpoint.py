@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import CheckpointError, UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: students described by their model config (cnn2gnn/compat.py reads 1)
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 
@@ -75,8 +75,9 @@ def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, str] | 
     atomic_write(path, lambda tmp: save_file(_contiguous_state(model), tmp, metadata=meta))
 
 
-def load_weights(path: str | Path, model: nn.Module, what: str = "") -> None:
-    """Load safetensors weights into ``model``; any mismatch is a one-line :class:`CheckpointError` naming the file."""
+def load_weights(path: str | Path, model: nn.Module, what: str = "", convert=None) -> None:
+    """Load safetensors weights into ``model``; any mismatch is a one-line :class:`CheckpointError` naming the file.
+    ``convert`` renames the stored weights first (a folder of an older format, see :mod:`cnn2gnn.compat`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing weights file")
@@ -84,6 +85,8 @@ def load_weights(path: str | Path, model: nn.Module, what: str = "") -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: truncated or corrupted weights file ({str(err).splitlines()[0]})") from None
+    if convert is not None:
+        state = convert(state)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -171,7 +174,8 @@ def load_training_state(run_dir: str | Path, model: nn.Module) -> dict[str, Any]
 
 
 def build_model(meta: dict[str, Any]) -> nn.Module:
-    """An untrained module of the kind and shape ``meta`` describes (weights are loaded by :func:`load_model`)."""
+    """An untrained module of the kind and shape ``meta`` (in today's format) describes; :func:`load_model` loads
+    its weights."""
     kind = meta["kind"]
     try:
         if kind == "teacher":
@@ -181,15 +185,15 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
                 meta["arch"], meta["num_classes"], meta["in_channels"], max(meta["image_size"]), meta.get("width", 16)
             )
         if kind == "student":
-            from .models.gnn import GNNStudent
+            from .config import StudentModelConfig, from_dict
+            from .models import create_student
 
             spec = meta["student"]
-            model = GNNStudent(meta["in_features"], meta["num_classes"], **spec["kwargs"])
-            m = int(spec["anchors"])
-            if m:
-                zeros = torch.zeros(m, dtype=torch.long)
-                model.set_anchors(torch.zeros(m, meta["in_features"]), zeros, zeros)
-            return model
+            shape = [meta["in_channels"], *meta["image_size"]] if "in_channels" in meta else None
+            cfg = from_dict(StudentModelConfig, spec["model"])
+            return create_student(
+                cfg, meta["in_features"], meta["num_classes"], image_shape=shape, bank_size=int(spec["bank"])
+            )
     except (KeyError, TypeError, ValueError, UserError) as err:  # UserError: an architecture the registry lacks
         raise CheckpointError(f"{META}: cannot build a {kind} from this description ({err!r})") from None
     raise CheckpointError(f"{META}: unknown model kind '{kind}' (known: teacher, student)")
@@ -197,11 +201,14 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Read a model folder written by ``cnn2gnn teacher`` or ``cnn2gnn distill``: (module in eval mode, meta)."""
+    from .compat import upgrade
+
     model_dir = Path(model_dir)
-    meta = read_meta(model_dir)
+    meta, convert = upgrade(read_meta(model_dir))
     try:
         model = build_model(meta)
     except CheckpointError as err:
         raise CheckpointError(f"{model_dir}/{err}") from None
-    load_weights(model_dir / WEIGHTS, model, what=f"{meta['kind']} {meta.get('arch', '')}".strip())
+    what = f"{meta['kind']} {meta.get('arch', '')}".strip()
+    load_weights(model_dir / WEIGHTS, model, what=what, convert=convert)
     return model.to(device).eval(), meta

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import UserError
+from .policy import POLICIES
 
 EPILOG_CONFIG = """config layering: defaults < --config FILE.yaml < flags below < --set key=value.
 Every run folder gets config.yaml (the resolved config), metrics.jsonl, manifest.json and model.safetensors."""
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="distil a teacher into the two-layer GNN student",
         description="Distil a trained CNN teacher into the two-layer GNN student with a learned sparse "
         "graph head (CE + T^2 KL). Without --teacher the student is trained with CE only; "
-        "--set model.aggregate=none trains the same-width MLP baseline.",
+        "--set model.arch=mlp trains the same-width MLP baseline.",
         epilog=EPILOG_CONFIG,
     )
     _data_args(p)
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument(
         "--graph",
-        choices=("batch", "anchors"),
+        choices=POLICIES,
         help="student inference policy (default: anchors when the model has a bank, else batch)",
     )
     p.add_argument("--batch-size", type=int, default=256, help="test batch size (default 256)")
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Runs go to OUT/runs/<row>-<config hash>-s<seed>/: a run that finished before with the same config hash\n"
         "is reused, an interrupted one continues, so the command can be re-run after a crash or to redo the report.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="presets:\n"
+        epilog="presets (YAML files in cnn2gnn/bench/presets/):\n"
         "  tiny   digits-sized smoke test: width-4 teachers, 2 student epochs, 2 seeds (seconds)\n"
         "  quick  resnet8 5 epochs + resnet20 2 epochs, students 8 epochs, 3 seeds (<= 20 min on 2 CPU cores, "
         "Fashion-MNIST)\n"
@@ -158,12 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
         "         size, distance space, detached graph and self-loop, 3 seeds each (about an hour on 2 CPU cores)\n"
         "  long   full's rows and sweeps with resnet8 15 + resnet20 30 epochs (3 teacher seeds) and 30 student\n"
         "         epochs (many hours on a CPU; meant for a GPU)\n"
-        "example:\n"
-        "  cnn2gnn bench --data fashion-mnist --preset quick --out runs/bench",
+        "  FILE.yaml  your own preset: the keys of cnn2gnn.bench.Preset; 'base: quick' starts from a shipped\n"
+        "         preset and the file's top-level keys replace its keys (unknown keys and wrong types are errors)\n"
+        "examples:\n"
+        "  cnn2gnn bench --data fashion-mnist --preset quick --out runs/bench\n"
+        "  cnn2gnn bench --data fashion-mnist --preset my_preset.yaml --out runs/bench-mine",
     )
     _data_args(p, required=True)
     p.add_argument(
-        "--preset", choices=("tiny", "quick", "full", "long"), default="quick", help="budget (default quick)"
+        "--preset",
+        default="quick",
+        metavar="NAME|FILE.yaml",
+        help="budget: tiny | quick | full | long, or a preset YAML file (default quick)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for runs/, report.md, results.json, *.png")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -206,7 +213,7 @@ COMMON_KEYS = {
 
 def cmd_teacher(args: argparse.Namespace) -> int:
     from .config import TeacherConfig, build_config
-    from .train import train_teacher
+    from .teacher import train_teacher
 
     overrides = _overrides(args, {**COMMON_KEYS, "arch": "model.arch"})
     if args.quiet:
@@ -240,7 +247,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     accs = "  ".join(
         f"{k.removesuffix('_acc_none').replace('_acc_', ' ')} {v:.4f}" for k, v in s.items() if "_acc" in k
     )
-    kind = "MLP" if cfg.model.aggregate == "none" else f"GNN ({cfg.model.aggregate})"
+    kind = "MLP" if cfg.model.arch == "mlp" else f"GNN ({cfg.model.aggregate})"
     how = f"distilled from {cfg.distill.teacher}" if cfg.distill.teacher else "cross-entropy"
     print(f"student {kind}, {how}: {accs}  ({s['seconds']:.0f}s, {s['parameters']:,} parameters) -> {args.out}")
     return 0
@@ -250,7 +257,7 @@ def _load_for_eval(args: argparse.Namespace):
     from .checkpoint import load_model
     from .data import load_dataset
     from .evaluate import check_data
-    from .train import resolve_device
+    from .run import resolve_device
 
     device = resolve_device(args.device)
     model, meta = load_model(args.model, device)

@@ -1,7 +1,9 @@
 """Typed run configuration: dataclasses per concern, layered as defaults < YAML file < ``--set a.b=c``.
 
-Unknown keys and values of the wrong type are :class:`~cnn2gnn.errors.ConfigError` naming the key. The resolved
-config is written as YAML into every run folder, so a run can be repeated with ``--config OUT/config.yaml``.
+Unknown keys, values of the wrong type and choices outside their ``Literal`` are :class:`~cnn2gnn.errors.ConfigError`
+naming the key (and the allowed values). The dataclasses below are the single source of every default and every
+choice; components receive their own section (or plain arguments) and repeat no default. The resolved config is
+written as YAML into every run folder, so a run can be repeated with ``--config OUT/config.yaml``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,22 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from .errors import ConfigError
+from .policy import Policy
 
 T = TypeVar("T")
+
+# The choices of the config, checked when a config is built; the modules that implement them import these names.
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["onecycle", "cosine", "constant"]
+StudentArch = Literal["gnn", "mlp"]  # the CNN2GNN student | the same-width MLP baseline
+Aggregate = Literal["sage", "gcn"]  # propagation rule of the graph layers (models/layers.py)
+GraphSpace = Literal["head", "proj", "pixels"]  # where the graph's distances are measured
+Embed = Literal["none", "randconv", "patch"]  # input embedding in front of the learned layers (models/embed.py)
 
 
 class _Loader(yaml.SafeLoader):
@@ -51,13 +62,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: Optimizer = "sgd"
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9  # SGD momentum (Nesterov)
     weight_decay: float = 5e-4
     epochs: int = 5
     batch_size: int = 128
-    schedule: str = "onecycle"  # onecycle (linear warm-up then cosine) | cosine | constant
+    schedule: Schedule = "onecycle"  # onecycle (linear warm-up then cosine) | cosine | constant
     warmup: float = 0.15  # share of the steps used for warm-up under onecycle
     label_smoothing: float = 0.0
     grad_clip: float | None = None  # clip the gradient norm to this value
@@ -90,10 +101,13 @@ class TeacherConfig:
 
 @dataclass
 class StudentModelConfig:
+    """The student network (models/gnn.py, models/mlp.py); the MLP uses hidden, dropout and the embed keys only."""
+
+    arch: StudentArch = "gnn"  # gnn: the CNN2GNN student | mlp: the same-width MLP baseline (no graph)
+    aggregate: Aggregate = "sage"  # gcn (paper: Z = A ReLU(A X W1) W2) | sage (own and neighbour terms apart)
     hidden: int = 512  # width h of the hidden layer
     k: int = 10  # neighbours per node in the sparse graph
-    aggregate: str = "sage"  # gcn (paper: Z = A ReLU(A X W1) W2) | sage (own and neighbour terms apart) | none (MLP)
-    graph_space: str = "head"  # where distances are measured: head (separate linear head) | proj (x W1) | pixels
+    graph_space: GraphSpace = "head"  # where distances are measured: head (separate linear head) | proj (x W1) | pixels
     graph_dim: int = 64  # width of the `head` graph space
     dropout: float = 0.3  # dropout on the hidden layer
     input_dropout: float = 0.0  # dropout on the input pixels
@@ -101,21 +115,29 @@ class StudentModelConfig:
     self_loop: bool = True  # add I before normalising (gcn)
     label_messages: bool = False  # anchors carry their one-hot labels into the logits (anchors graph only)
     zero_init: bool = False  # neighbour weights start at 0: the student starts as the same-width MLP (sage)
-    anchors: int = 1024  # size m of the anchor bank (stratified sample of the training split); 0 = no bank
-    train_graph: str = "batch"  # graph at training time: batch (among the batch) | anchors (to the bank)
-    embed: str = "none"  # input of the two learned layers: none (pixels) | randconv (fixed random conv features)
-    #                      | patch (a learned patch embedding: a third learned layer, for the MLP baseline too)
+    embed: Embed = "none"  # input of the two learned layers: none (pixels) | randconv (fixed random conv features)
+    #                        | patch (a learned patch embedding: a third learned layer, for the MLP baseline too)
     embed_filters: int = 64  # randconv: number of random filters; patch: values per patch
     embed_kernel: int = 5  # randconv: filter side; patch: patch side
     embed_pool: int = 4  # randconv: average-pooling cell side
 
 
 @dataclass
+class BankConfig:
+    """The anchor bank stored in a graph student (models/bank.py): the neighbour pool of the ``anchors`` policy."""
+
+    size: int = 1024  # m images, a stratified sample of the training split; 0 = no bank (batch policy only)
+
+
+@dataclass
 class DistillConfig:
+    """The distillation recipe (student.py, distill.py)."""
+
     teacher: str | None = None  # teacher model folder; None = no teacher, cross-entropy only
     alpha: float = 0.5  # weight of the T^2 KL term; (1 - alpha) weighs the cross-entropy (selected on val)
     temperature: float = 2.0  # softmax temperature T of the KL term (selected on val, docs/ablations.md)
     cache_logits: bool = True  # compute the teacher's logits once on the (unaugmented) training set
+    train_graph: Policy = "batch"  # graph at training time: batch (among the batch) | anchors (to the bank)
 
 
 @dataclass
@@ -125,6 +147,7 @@ class StudentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: StudentModelConfig = field(default_factory=StudentModelConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(optimizer="adamw", lr=2e-3, weight_decay=1e-4, epochs=30, batch_size=256)
@@ -135,6 +158,29 @@ class StudentConfig:
 # Generic machinery: dict <-> dataclass with type checks, dotted overrides, YAML files.
 
 
+# Keys of cnn2gnn 0.1 that moved: read from old config files silently, named in the error of a --set override.
+MOVED = {"model.anchors": "bank.size", "model.train_graph": "distill.train_graph"}
+HINTS = {("model.aggregate", "none"): "the same-width MLP is now model.arch=mlp"}
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping of cnn2gnn 0.1 in today's keys (``model.anchors`` -> ``bank.size``, ``model.train_graph``
+    -> ``distill.train_graph``, ``model.aggregate: none`` -> ``model.arch: mlp``); other mappings are returned as
+    they are."""
+    model = data.get("model")
+    if not isinstance(model, dict) or not ({"anchors", "train_graph"} & set(model) or model.get("aggregate") == "none"):
+        return data
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    model = data["model"]
+    for old, new in MOVED.items():
+        if old.split(".")[1] in model:
+            section, key = new.split(".")
+            data.setdefault(section, {})[key] = model.pop(old.split(".")[1])
+    if model.get("aggregate") == "none":
+        model["arch"], model["aggregate"] = "mlp", "sage"
+    return data
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -142,6 +188,15 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted for floats. Returns the value to store."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if isinstance(value, str) and value in allowed:
+            return value
+        hint = HINTS.get((key, value), "")
+        raise ConfigError(
+            f"config key '{key}': expected one of {', '.join(map(str, allowed))}, got {value!r}"
+            + (f" ({hint})" if hint else "")
+        )
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -198,6 +253,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"override '{assignment}' is not of the form key=value (e.g. optim.lr=0.05)")
     key, _, raw = assignment.partition("=")
     key = key.strip()
+    if key in MOVED:
+        raise ConfigError(f"config key '{key}' is now '{MOVED[key]}' (override '{assignment}')")
     try:
         value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -253,7 +310,7 @@ def build_config(
     if base:
         _merge(data, base)
     for path in files:
-        _merge(data, read_yaml(path))
+        _merge(data, migrate(read_yaml(path)))
     for assignment in overrides:
         apply_override(data, assignment)
     return from_dict(cls, data)

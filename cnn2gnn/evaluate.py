@@ -15,23 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import policy
 from .data import BatchIterator, DataBundle, Split
 from .errors import UserError
 from .train import accuracy, predict_logits
-
-POLICIES = ("batch", "anchors")
-
-
-def model_fn(model: nn.Module, meta: dict[str, Any], graph: str | None) -> tuple[Callable, str]:
-    """A ``logits = f(x)`` for the model and the inference policy actually used (``none`` for a teacher or MLP)."""
-    if meta["kind"] == "teacher" or meta["student"]["kwargs"]["aggregate"] == "none":
-        return model, "none"
-    graph = graph or ("anchors" if meta["student"]["anchors"] else "batch")
-    if graph not in POLICIES:
-        raise UserError(f"unknown graph policy '{graph}' (known: {', '.join(POLICIES)})")
-    if graph == "anchors" and not meta["student"]["anchors"]:
-        raise UserError("this student has no anchor bank (trained with model.anchors=0): use --graph batch")
-    return (lambda x: model(x, graph=graph)), graph
 
 
 def check_data(meta: dict[str, Any], bundle: DataBundle) -> None:
@@ -64,7 +51,7 @@ def evaluate_accuracy(
 
     The images are normalised with the statistics stored in the model (those of its training split).
     """
-    fn, policy = model_fn(model, meta, graph)
+    fn, name = policy.resolve(model, graph)
     accs = []
     for seed in seeds:
         it = BatchIterator(
@@ -72,14 +59,14 @@ def evaluate_accuracy(
         )
         accs.append(accuracy(predict_logits(fn, it), split.labels))
     out: dict[str, Any] = {
-        "policy": policy,
+        "policy": name,
         "batch_size": batch_size,
         "seeds": list(seeds),
         "accs": accs,
         "mean": statistics.fmean(accs),
         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
     }
-    if sorted_check and policy == "batch":
+    if sorted_check and policy.depends_on_batch(name):
         ordered = split.sorted_by_class()
         it = BatchIterator(ordered, batch_size, mean=meta["mean"], std=meta["std"], shuffle=False, device=device)
         out["class_sorted_acc"] = accuracy(predict_logits(fn, it), ordered.labels)
@@ -113,7 +100,7 @@ def measure_speed(
     batch_sizes: Sequence[int] = (1, 256),
 ) -> dict[str, float]:
     """Images/s of the model under its inference policy on real images of ``split``, per batch size."""
-    fn, _ = model_fn(model, meta, graph)
+    fn, _ = policy.resolve(model, graph)
     example = next(iter(BatchIterator(split, max(batch_sizes), mean=meta["mean"], std=meta["std"], device=device))).x
     return {str(b): images_per_second(fn, example, b) for b in batch_sizes}
 
@@ -147,10 +134,10 @@ def load_images(paths: Sequence[str | Path], meta: dict[str, Any]) -> torch.Tens
 @torch.no_grad()
 def predict_files(model: nn.Module, meta: dict[str, Any], paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Class and probability for each image file; a student uses its anchors (independent of the other files)."""
-    fn, policy = model_fn(model, meta, None)
-    if policy == "batch":
+    fn, name = policy.resolve(model)
+    if policy.depends_on_batch(name):
         raise UserError(
-            "this student has no anchor bank, so single images cannot be classified; retrain with model.anchors > 0"
+            "this student has no anchor bank, so single images cannot be classified; retrain with bank.size > 0"
         )
     probs = torch.softmax(fn(load_images(paths, meta)), dim=1)
     conf, cls = probs.max(dim=1)

@@ -1,6 +1,6 @@
-"""The distillation run (METHOD.md sections 1-5): a frozen CNN teacher's soft outputs train the two-layer GNN
-student; the same loop without a teacher trains the CE baselines (``distill.teacher=null``, ``model.aggregate=none``
-for the same-width MLP).
+"""The distillation recipe (docs/method.md sections 1-5): a frozen CNN teacher's soft outputs train the two-layer GNN
+student; the same recipe without a teacher trains the CE baselines (``distill.teacher=null``; ``model.arch=mlp`` for
+the same-width MLP). Built on the shared run set-up (run.py) and fit loop (train.py).
 """
 
 from __future__ import annotations
@@ -13,34 +13,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_write, atomic_write_json, load_model, save_model_dir
+from . import policy
+from .checkpoint import atomic_write, load_model
 from .config import StudentConfig
-from .data import Augment, DataBundle
+from .data import DataBundle
 from .distill import distillation_loss
 from .errors import UserError
+from .models import create_student
 from .models.cnn import FrozenTeacher
-from .models.gnn import GNNStudent
-from .train import (
-    accuracy,
-    build_data,
-    data_meta,
-    fit_run,
-    make_batches,
-    make_optimizer,
-    predict_logits,
-    resolve_device,
-    setup_run,
-)
-
-
-def student_kwargs(cfg: StudentConfig, image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
-    """The GNNStudent constructor arguments: every model.* key but the bank size and the training graph, plus the
-    images' (C, H, W) when an input embedding needs it."""
-    kwargs = asdict(cfg.model)
-    del kwargs["anchors"], kwargs["train_graph"]
-    if cfg.model.embed != "none":
-        kwargs["image_shape"] = list(image_shape) if image_shape is not None else None
-    return kwargs
+from .run import Run, make_batches
+from .train import accuracy, make_optimizer, predict_logits
 
 
 def stratified_anchors(labels: torch.Tensor, m: int, seed: int) -> torch.Tensor:
@@ -88,75 +70,63 @@ def teacher_logits(
     return logits
 
 
-def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Distil (or, without a teacher, train with CE) a GNN student; writes the model folder ``out``."""
-    out = Path(out)
-    setup_run(cfg.run.seed, cfg.run.threads)
-    device = resolve_device(cfg.run.device)
-    bundle = build_data(cfg)
-    mc = cfg.model
-    if mc.train_graph not in ("batch", "anchors"):
-        raise UserError(f"model.train_graph must be 'batch' or 'anchors', got '{mc.train_graph}'")
-    if mc.train_graph == "anchors" and mc.aggregate != "none" and mc.anchors <= 0:
-        raise UserError("model.train_graph=anchors needs model.anchors > 0")
-    in_features = bundle.in_channels * bundle.image_size[0] * bundle.image_size[1]
-    kwargs = student_kwargs(cfg, (bundle.in_channels, *bundle.image_size))
+def build_student(cfg: StudentConfig, bundle: DataBundle) -> torch.nn.Module:
+    """The student of ``cfg.model`` for this data, with an anchor bank of ``cfg.bank.size`` training images
+    (stratified, chosen by the run's seed) when it is a graph student and the size is > 0."""
+    shape = (bundle.in_channels, *bundle.image_size)
+    bank = cfg.bank.size if cfg.model.arch == "gnn" else 0
+    in_features = shape[0] * shape[1] * shape[2]
     try:
-        model = GNNStudent(in_features, bundle.num_classes, **kwargs)
+        model = create_student(cfg.model, in_features, bundle.num_classes, image_shape=shape, bank_size=0)
     except ValueError as err:
         raise UserError(str(err)) from None
-    anchors = 0
-    if mc.anchors > 0 and mc.aggregate != "none":
-        idx = stratified_anchors(bundle.train.labels, mc.anchors, cfg.run.seed)
-        anchors = len(idx)
-        bank = make_batches(bundle, bundle.train.subset(idx), len(idx), "cpu", train=False, seed=0)
-        batch = next(iter(bank))
-        model.set_anchors(batch.x, batch.y, idx)
-    model.to(device)
+    if bank > 0:
+        idx = stratified_anchors(bundle.train.labels, bank, cfg.run.seed)
+        batch = next(iter(make_batches(bundle, bundle.train.subset(idx), len(idx), "cpu", train=False, seed=0)))
+        model.set_bank(batch.x, batch.y, idx)
+    return model
+
+
+def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Distil (or, without a teacher, train with CE) a student; writes the model folder ``out``."""
+    run = Run.start(cfg, out, resume=resume)
+    bundle, device = run.bundle, run.device
+    model = build_student(cfg, bundle).to(device)
+    policies = policy.supported(model)
+    graph = cfg.distill.train_graph if policies else policy.NONE
+    if policies and graph not in policies:
+        raise UserError(f"distill.train_graph={graph} needs bank.size > 0")
 
     teacher, cached = None, None
     if cfg.distill.teacher:
         teacher, _ = load_teacher(cfg.distill.teacher, bundle, device)
         if cfg.distill.cache_logits and not cfg.data.augment:
             cached = teacher_logits(teacher, cfg.distill.teacher, bundle, cfg.run.eval_batch_size, device).to(device)
-    augment = Augment(cfg.data.pad, cfg.data.hflip) if cfg.data.augment else None
-    train_b = make_batches(
-        bundle, bundle.train, cfg.optim.batch_size, device, train=True, seed=cfg.run.seed, augment=augment
-    )
-    graph = mc.train_graph if mc.aggregate != "none" else "batch"
-    eval_seed = cfg.run.seed + 1000
-    evals = {
-        name: make_batches(bundle, split, cfg.run.eval_batch_size, device, train=False, seed=eval_seed, shuffle=True)
-        for name, split in (("val", bundle.val), ("test", bundle.test))
-        if len(split)
-    }
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    forward = (lambda b: model(b.x)) if not policies else (lambda b: model(b.x, graph=graph, index=b.index))
+    logged, _ = policy.resolve(model, graph if policies else None)  # the validation log uses the training graph
+    evals = run.eval_batches(seed=cfg.run.seed + 1000, shuffle=True)
     alpha, temperature = cfg.distill.alpha, cfg.distill.temperature
 
     def step(batch) -> dict[str, torch.Tensor]:
-        logits = model(batch.x, graph=graph, index=batch.index)
         t_logits = None
         if teacher is not None:
             t_logits = cached[batch.index] if cached is not None else teacher(batch.x)
-        return distillation_loss(logits, batch.y, t_logits, alpha=alpha, temperature=temperature)
+        return distillation_loss(forward(batch), batch.y, t_logits, alpha=alpha, temperature=temperature)
 
     def evaluate() -> dict[str, float]:
-        return {
-            f"{name}_acc": accuracy(predict_logits(lambda x: model(x, graph=graph), b), b.labels)
-            for name, b in evals.items()
-        }
+        return {f"{name}_acc": accuracy(predict_logits(logged, b), b.labels) for name, b in evals.items()}
 
-    result, manifest = fit_run(cfg, out, model, bundle, device, step, train_b, evaluate, optimizer, resume=resume)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    result, manifest = run.fit(model, step, run.train_batches(), evaluate, optimizer)
+    bank = len(model.bank) if getattr(model, "bank", None) is not None else 0
     meta = {
         "kind": "student",
-        "in_features": in_features,
+        "in_features": model.in_features,
         "train_graph": graph,
-        **data_meta(bundle),
-        "student": {"kwargs": kwargs, "anchors": anchors},
+        "student": {"model": asdict(cfg.model), "bank": bank},
         "distill": asdict(cfg.distill),
     }
-    save_model_dir(out, model.cpu(), meta)
-    model.to(device).eval()
+    run.save(model, meta)
     summary: dict[str, Any] = {
         "epochs": cfg.optim.epochs,
         "best_epoch": result.best_epoch,
@@ -164,12 +134,8 @@ def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) 
         "parameters": manifest["parameters"],
         "train_graph": graph,
     }
-    policies = ["batch", "anchors"] if anchors else ["batch"]
-    if mc.aggregate == "none":
-        policies = ["none"]
-    for policy in policies:
-        g = "batch" if policy == "none" else policy
-        for name, b in evals.items():
-            summary[f"{name}_acc_{policy}"] = accuracy(predict_logits(lambda x, g=g: model(x, graph=g), b), b.labels)
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    for name in policies or (policy.NONE,):
+        fn, _ = policy.resolve(model, None if name == policy.NONE else name)
+        for split, b in evals.items():
+            summary[f"{split}_acc_{name}"] = accuracy(predict_logits(fn, b), b.labels)
+    return run.summary(summary)

@@ -3,7 +3,7 @@
 trained MLP's hidden space and in a fixed random-convolution feature space (64 zero-mean 5x5 filters, ReLU, 4x4
 average pooling, standardised), alone and added to the MLP's probabilities (docs/ablations.md, section 3).
 
-    python scripts/knn_bound.py --model runs/fm-mlp-ce     # an MLP from `cnn2gnn distill --set model.aggregate=none`
+    python scripts/knn_bound.py --model runs/fm-mlp-ce     # an MLP from `cnn2gnn distill --set model.arch=mlp`
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from cnn2gnn import policy
 from cnn2gnn.checkpoint import load_model
 from cnn2gnn.data import load_dataset
 
@@ -37,14 +38,14 @@ def random_conv_features(images: torch.Tensor, seed: int = 0, filters: int = 64,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="MLP student folder (model.aggregate=none)")
+    p.add_argument("--model", required=True, help="MLP student folder (model.arch=mlp)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--ks", default="5,10,20")
     p.add_argument("--weights", default="0.25,0.5,1,2")
     args = p.parse_args()
     model, meta = load_model(args.model)
-    if meta["kind"] != "student" or meta["student"]["kwargs"]["aggregate"] != "none":
-        raise SystemExit(f"{args.model}: expected an MLP student (model.aggregate=none)")
+    if meta["kind"] != "student" or policy.supported(model):
+        raise SystemExit(f"{args.model}: expected an MLP student (model.arch=mlp)")
     b = load_dataset(args.data)
     mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"]).view(1, -1, 1, 1)

@@ -14,8 +14,9 @@ import argparse
 
 import torch
 
+from cnn2gnn import policy
 from cnn2gnn.checkpoint import load_model
-from cnn2gnn.evaluate import images_per_second, model_fn
+from cnn2gnn.evaluate import images_per_second
 
 
 def main() -> None:
@@ -32,12 +33,11 @@ def main() -> None:
         model, meta = load_model(folder)
         model.eval()
         x = torch.randn(args.batch, meta["in_channels"], *meta["image_size"])
-        graphs = ["batch", "anchors"] if model_fn(model, meta, None)[1] != "none" else [None]
-        for graph in graphs:
-            fn, policy = model_fn(model, meta, graph)
+        for graph in policy.supported(model) or (None,):
+            fn, name = policy.resolve(model, graph)
             with torch.inference_mode():
                 rate = max(images_per_second(fn, x, args.batch) for _ in range(args.repeats))
-            print(f"{folder}  {policy:8s} {rate:10.0f} images/s")
+            print(f"{folder}  {name:8s} {rate:10.0f} images/s")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,98 @@
-"""Tests of the benchmark (METHOD.md sections 6-7): the plan (every baseline, the same seeds, sweep points equal to
-the default trained once), the config hash, and the whole ``cnn2gnn bench --preset tiny`` pipeline on digits: the
-files it writes, a row per model with mean/std over the seeds, provenance in the report, and reuse on a second call.
+"""Tests of the benchmark (METHOD.md sections 6-7): the presets (shipped YAML files, a user's file, errors naming the
+key), the plan (every baseline, the same seeds, sweep points equal to the default trained once), the config hash,
+the report and figures rendered from a stored results.json, and the whole ``cnn2gnn bench --preset tiny`` pipeline on
+digits: the files it writes, a row per model with mean/std over the seeds, provenance, and reuse on a second call.
 """
 
+import dataclasses
 import json
+import re
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from cnn2gnn import cli
-from cnn2gnn.bench import METHOD, PRESETS, STUDENTS, Preset, Sweep, Teacher, config_hash, plan
+from cnn2gnn.bench import (
+    METHOD,
+    PRESETS,
+    STUDENTS,
+    Preset,
+    Sweep,
+    Teacher,
+    config_hash,
+    figures,
+    load_preset,
+    plan,
+    preset_names,
+    report,
+)
 from cnn2gnn.config import StudentConfig, build_config
+from cnn2gnn.errors import ConfigError, UserError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bench"
+
+# ------------------------------------------------------------------------------------------- presets
+
+
+def test_presets_are_the_shipped_yaml_files_frozen_and_hashable():
+    assert preset_names() == ["full", "long", "quick", "tiny"]
+    assert list(PRESETS) == preset_names()
+    for name, preset in PRESETS.items():
+        assert preset == load_preset(name)
+        assert isinstance(preset.seeds, tuple) and isinstance(preset.teachers[0].overrides, tuple), name
+        assert all(isinstance(sw.values, tuple) for sw in preset.sweeps), name
+        hash(preset)
+    tiny = PRESETS["tiny"]
+    assert tiny.teachers == (Teacher("resnet8", 2), Teacher("resnet20", 1))
+    assert tiny.student_set == ("model.hidden=32", "bank.size=50") and tiny.speed_seconds == 0.02
+    # `base:` chains: full is quick plus sweeps, long is full with longer schedules and 3 teacher seeds
+    quick, full, long = PRESETS["quick"], PRESETS["full"], PRESETS["long"]
+    assert (full.teachers, full.student_epochs, full.seeds) == (quick.teachers, quick.student_epochs, quick.seeds)
+    assert long.sweeps == full.sweeps and long.test_k == full.test_k and long.teacher_seeds == (0, 1, 2)
+    assert long.teachers == (Teacher("resnet8", 15), Teacher("resnet20", 30)) and long.student_epochs == 30
+    # YAML numbers keep their type: k=3 names the row k-3, T=1.0 the row T-1.0
+    k, temperature = (next(s for s in full.sweeps if s.name == n) for n in ("k", "T"))
+    assert [type(v) for v in k.values] == [int] * 5 and [type(v) for v in temperature.values] == [float] * 4
+    assert next(s for s in full.sweeps if s.name == "selfloop").base == ("model.aggregate=gcn",)
+
+
+def test_user_preset_file_with_a_base(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: tiny\nseeds: [0]\nteachers:\n  - {arch: resnet8, epochs: 1}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../mine.yaml\nshuffles: 1\n")
+    mine = load_preset(tmp_path / "mine.yaml")
+    assert mine == dataclasses.replace(PRESETS["tiny"], seeds=(0,), teachers=(Teacher("resnet8", 1),))
+    assert load_preset(str(tmp_path / "sub" / "child.yaml")) == dataclasses.replace(mine, shuffles=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("base: tiny\nepochs: 3\n", "unknown config key 'epochs'"),
+        ("base: tiny\nteachers: [{arch: resnet8, epochs: two}]\n", "'teachers[0].epochs': expected int"),
+        ("base: tiny\nsweeps: [{name: k, key: model.k, values: [[3]], title: k}]\n", "'sweeps[0].values[0]'"),
+        ("student_epochs: 1\nseeds: [0]\n", "missing 1 required positional argument: 'teachers'"),
+        ("base: me.yaml\n", "'base' leads back to itself"),
+        ("base: [tiny]\n", "'base' must be a preset name or file"),
+    ],
+)
+def test_preset_file_errors_name_the_key_and_the_file(tmp_path, text, message):
+    path = tmp_path / "me.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="preset .*me.yaml") as err:
+        load_preset(path)
+    assert message in str(err.value)
+
+
+def test_unknown_preset_name_lists_the_known_ones():
+    with pytest.raises(UserError, match=r"unknown preset 'huge' \(known: full, long, quick, tiny; or a path"):
+        load_preset("huge")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_preset("no-such-file.yaml")
+
 
 # ------------------------------------------------------------------------------------------- plan and hash
 
@@ -81,6 +161,44 @@ def test_config_hash_ignores_progress_and_root_but_not_settings_or_data():
     t2 = build_config(StudentConfig, overrides=["distill.teacher=/y/runs/teacher-resnet8-abc-s0"])
     t3 = build_config(StudentConfig, overrides=["distill.teacher=/x/runs/teacher-resnet8-def-s0"])
     assert config_hash(t1, "fp") == config_hash(t2, "fp") != config_hash(t3, "fp")
+
+
+# ------------------------------------------------------------------------------------------- report from results.json
+
+
+@pytest.fixture
+def stored_results():
+    """results.json of a real `cnn2gnn bench --data digits --preset tiny` run (nothing is trained here)."""
+    return json.loads((FIXTURES / "results.json").read_text())
+
+
+def test_report_renders_from_stored_results(stored_results):
+    text = report(stored_results)
+    lines = text.splitlines()
+    assert lines[0] == "# cnn2gnn bench: digits, preset `tiny`"
+    assert "- command: `cnn2gnn bench --data digits --preset tiny --out /tmp/benchtiny --threads 1`" in lines
+    assert "- every student distils the same teacher: teacher-resnet8 seed 0" in lines
+    rows = stored_results["rows"]
+    # one table row per (model, policy), mean +- std in %, parameters with the bank under the anchors policy
+    acc = rows[METHOD]["policies"]["anchors"]["test_acc"]
+    row = next(line for line in lines if line.startswith("| CNN2GNN: learned graph + KD | anchors | 2 |"))
+    assert f"| {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} |" in row and "| 8,874 + bank 50 |" in row
+    table = [line for line in lines if re.match(r"\| [^|]+ \| (none|batch|anchors) \| \d+ \|", line)]
+    assert len(table) == 2 + 2 + 3 * 2  # 2 teachers, 2 MLPs (none), 3 graph students under batch and anchors
+    teacher = rows["teacher-resnet8"]["policies"]["none"]["test_acc"]["mean"]
+    assert f"| within 1.0 point of the teacher | {100 * (acc['mean'] - teacher):+.2f} points |" in text
+    assert "| 3 | " in text and "| k-3 |" in text and "| cnn2gnn |" in text  # the k sweep's two points
+    for heading in ("Budgets", "Against the targets", "Test batch size", "k at test time", "The learned graph"):
+        assert f"## {heading}" in text
+    assert "nan" not in text.lower()
+
+
+def test_figures_render_from_stored_results(stored_results, tmp_path):
+    names = figures(stored_results, tmp_path)
+    # the neighbour picture needs the model; every other figure of the run is drawn from the results alone
+    assert set(names) == set(stored_results["figures"]) - {"neighbours"}
+    for name in names.values():
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 # ------------------------------------------------------------------------------------------- the whole pipeline
@@ -210,9 +328,12 @@ def test_interrupted_run_is_completed_and_the_rest_reused(bench_runs, tmp_path):
 
 
 def test_unknown_preset_is_a_user_error(capsys, tmp_path):
-    with pytest.raises(SystemExit):
-        cli.main(["bench", "--data", "digits", "--preset", "huge", "--out", str(tmp_path)])
-    assert "invalid choice" in capsys.readouterr().err
+    # a one-line error naming the known presets before anything is loaded or written (was argparse's choices)
+    out = tmp_path / "out"
+    assert cli.main(["bench", "--data", "digits", "--preset", "huge", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown preset 'huge' (known: full, long, quick, tiny" in err
+    assert not out.exists()
 
 
 def test_bench_help(capsys):
@@ -220,5 +341,5 @@ def test_bench_help(capsys):
         cli.main(["bench", "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for word in ("--preset", "--out", "--data", "reused", "tiny", "quick", "full"):
+    for word in ("--preset", "--out", "--data", "reused", "tiny", "quick", "full", "long", "FILE.yaml", "base: quick"):
         assert word in text

@@ -221,12 +221,12 @@ def test_debug_raises_the_error(tmp_path):
 
 
 def test_internal_error_exits_1(capsys, tmp_path, monkeypatch):
-    import cnn2gnn.train
+    import cnn2gnn.teacher
 
     def boom(*args, **kwargs):
         raise RuntimeError("something broke\nsecond line")
 
-    monkeypatch.setattr(cnn2gnn.train, "train_teacher", boom)
+    monkeypatch.setattr(cnn2gnn.teacher, "train_teacher", boom)
     code, out, err = run_main(capsys, "teacher", "--data", "digits", "--out", str(tmp_path))
     assert code == 1
     assert err.splitlines() == [
@@ -238,12 +238,12 @@ def test_internal_error_exits_1(capsys, tmp_path, monkeypatch):
 
 
 def test_interrupt_exits_130(capsys, tmp_path, monkeypatch):
-    import cnn2gnn.train
+    import cnn2gnn.teacher
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cnn2gnn.train, "train_teacher", interrupted)
+    monkeypatch.setattr(cnn2gnn.teacher, "train_teacher", interrupted)
     code, _, err = run_main(capsys, "teacher", "--data", "digits", "--out", str(tmp_path))
     assert code == 130 and "--resume" in err
 

@@ -9,8 +9,9 @@ import torch
 from helpers import ONE_THREAD, run_cli
 
 from cnn2gnn.checkpoint import load_model
+from cnn2gnn.config import StudentModelConfig
+from cnn2gnn.models import GNNStudent, MLPStudent, create_student
 from cnn2gnn.models.embed import PatchEmbedding, RandomConvEmbedding, make_embedding
-from cnn2gnn.models.gnn import GNNStudent
 
 SHAPE = (1, 8, 8)
 
@@ -52,28 +53,36 @@ def test_bad_embedding_arguments(embed, shape, fragment):
         make_embedding(embed, shape)
 
 
-def test_student_checks_the_image_shape():
-    with pytest.raises(ValueError, match="does not have in_features=64"):
-        GNNStudent(64, 3, hidden=8, k=3, embed="randconv", image_shape=(1, 7, 7))
+@pytest.mark.parametrize("arch", ["gnn", "mlp"])
+@pytest.mark.parametrize("embed", ["none", "randconv"])
+def test_student_and_mlp_check_the_image_shape(arch, embed):
+    # the MLP did not check it after the redesign (it failed in forward, or never with embed=none)
+    cfg = StudentModelConfig(arch=arch, hidden=8, k=3, embed=embed)
+    with pytest.raises(ValueError, match=r"(GNN|MLP)Student: image_shape \(1, 7, 7\) does not have in_features=64"):
+        create_student(cfg, 64, 3, image_shape=(1, 7, 7))
+
+
+def test_student_needs_the_image_shape_for_an_embedding():
     with pytest.raises(ValueError, match="GNNStudent: embed='randconv' needs the image shape"):
-        GNNStudent(64, 3, hidden=8, k=3, embed="randconv")
+        GNNStudent(64, 3, StudentModelConfig(hidden=8, k=3, embed="randconv"))
 
 
-def student(aggregate: str, **kwargs) -> GNNStudent:
+def student(arch: str = "gnn", **kwargs) -> GNNStudent | MLPStudent:
     torch.manual_seed(0)
-    return GNNStudent(
-        64, 3, hidden=8, k=3, aggregate=aggregate, dropout=0.0, embed="randconv", embed_filters=4, embed_kernel=3,
-        embed_pool=2, image_shape=SHAPE, **kwargs,
-    )  # fmt: skip
+    cfg = StudentModelConfig(
+        arch=arch, hidden=8, k=3, dropout=0.0, embed="randconv", embed_filters=4, embed_kernel=3, embed_pool=2, **kwargs
+    )
+    return create_student(cfg, 64, 3, image_shape=SHAPE)
 
 
 @pytest.mark.parametrize("graph", ["batch", "anchors"])
 def test_gnn_and_mlp_see_the_same_features_and_every_weight_learns(graph):
-    gnn, mlp = student("sage"), student("none")
+    gnn, mlp = student(aggregate="sage"), student("mlp")
+    assert isinstance(gnn, GNNStudent) and isinstance(mlp, MLPStudent)
     assert torch.equal(gnn.embed.weight, mlp.embed.weight)
-    assert gnn.lin1.in_features == mlp.lin1.in_features == 4 * 4 * 4
+    assert gnn.conv1.lin.in_features == mlp.lin1.in_features == 4 * 4 * 4
     g = torch.Generator().manual_seed(1)
-    gnn.set_anchors(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
+    gnn.set_bank(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
     x = torch.randn(10, *SHAPE, generator=g)
     gnn(x, graph=graph).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gnn.parameters())
@@ -91,9 +100,9 @@ def assert_anchors_ignore_batch_order(model: GNNStudent, n: int, g: torch.Genera
 
 
 def test_anchors_policy_with_embedding_ignores_batch_order():
-    model = student("sage")
+    model = student(aggregate="sage")
     g = torch.Generator().manual_seed(2)
-    model.set_anchors(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
+    model.set_bank(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
     assert_anchors_ignore_batch_order(model, 9, g)
 
 
@@ -110,14 +119,14 @@ def test_distill_with_an_embedding_and_reload(tmp_path, overrides, kind, feature
     out = tmp_path / "student"
     sets = [arg for o in overrides for arg in ("--set", o)]
     code, text, err = run_cli(
-        "distill", "--data", "digits", "--epochs", 1, *sets, "--set", "model.hidden=16", "--set", "model.anchors=40",
+        "distill", "--data", "digits", "--epochs", 1, *sets, "--set", "model.hidden=16", "--set", "bank.size=40",
         *ONE_THREAD, "--out", out,
     )  # fmt: skip
     assert code == 0, err
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["student"]["kwargs"]["image_shape"] == [1, 8, 8]
+    assert [meta["in_channels"], *meta["image_size"]] == [1, 8, 8]  # the image shape the embedding is rebuilt with
     model, _ = load_model(out)
-    assert isinstance(model.embed, kind) and model.lin1.in_features == features
+    assert isinstance(model.embed, kind) and model.conv1.lin.in_features == features
     code, text, err = run_cli("evaluate", "--model", out, "--data", "digits", "--graph", "anchors", "--json")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
@@ -147,11 +156,11 @@ def test_patch_embedding_maps_each_patch_alone():
 @pytest.mark.parametrize("graph", ["batch", "anchors"])
 def test_patch_embedding_learns_with_the_student(graph):
     torch.manual_seed(0)
-    model = GNNStudent(64, 3, hidden=8, k=3, dropout=0.0, embed="patch", embed_filters=4, embed_kernel=4,
-                       image_shape=SHAPE)  # fmt: skip
-    assert model.lin1.in_features == 4 * 2 * 2
+    cfg = StudentModelConfig(hidden=8, k=3, dropout=0.0, embed="patch", embed_filters=4, embed_kernel=4)
+    model = GNNStudent(64, 3, cfg, image_shape=SHAPE)
+    assert model.conv1.lin.in_features == 4 * 2 * 2
     g = torch.Generator().manual_seed(1)
-    model.set_anchors(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
+    model.set_bank(torch.randn(12, 64, generator=g), torch.randint(0, 3, (12,), generator=g), torch.arange(12))
     model(torch.randn(10, 64, generator=g), graph=graph).square().sum().backward()
     assert model.embed.proj.weight.grad is not None and model.embed.proj.weight.grad.abs().sum() > 0
     assert_anchors_ignore_batch_order(model, 7, g)

@@ -39,7 +39,7 @@ def distill_args(teacher: Path, out: Path) -> list[str]:
     """Three epochs of anchors training at batch size 8: about 0.3 s an epoch, long enough to be killed in one."""
     return [
         "distill", "--data", "digits", "--teacher", str(teacher), "--epochs", str(EPOCHS), "--batch-size", "8",
-        "--set", "model.hidden=64", "--set", "model.anchors=100", "--set", "model.train_graph=anchors",
+        "--set", "model.hidden=64", "--set", "bank.size=100", "--set", "distill.train_graph=anchors",
         *ONE_THREAD, "--out", str(out),
     ]  # fmt: skip
 
@@ -57,7 +57,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     code, _, err = run_cli(*distill_args(teacher, root / "straight"))
     assert code == 0, err
     code, _, err = run_cli(
-        "distill", "--data", "digits", "--epochs", 1, "--set", "model.hidden=32", "--set", "model.anchors=0",
+        "distill", "--data", "digits", "--epochs", 1, "--set", "model.hidden=32", "--set", "bank.size=0",
         *ONE_THREAD, "--out", root / "no-bank",
     )  # fmt: skip
     assert code == 0, err
@@ -214,7 +214,7 @@ def assert_diverged(code: int, out: str, err: str, command: str, epoch: str = r"
 def test_a_learning_rate_far_too_high_stops_with_advice(tmp_path):
     code, out, err = run_cli(
         "distill", "--data", "digits", "--lr", "1e12", "--epochs", 2, "--set", "model.hidden=32",
-        "--set", "model.anchors=0", *ONE_THREAD, "--out", tmp_path / "s",
+        "--set", "bank.size=0", *ONE_THREAD, "--out", tmp_path / "s",
     )  # fmt: skip
     assert_diverged(code, out, err, "distill")
     code, out, err = run_cli(
@@ -239,7 +239,7 @@ def test_a_nan_in_the_second_epoch_names_it_and_keeps_the_first(tmp_path, monkey
     monkeypatch.setattr(cnn2gnn.student, "distillation_loss", nan_from_the_second_epoch)
     args = [
         "distill", "--data", "digits", "--limit-train", 300, "--batch-size", 64, "--epochs", 3,
-        "--set", "model.hidden=32", "--set", "model.anchors=0", *ONE_THREAD, "--out", tmp_path / "s",
+        "--set", "model.hidden=32", "--set", "bank.size=0", *ONE_THREAD, "--out", tmp_path / "s",
     ]  # fmt: skip
     code, out, err = run_cli(*args)
     assert_diverged(code, out, err, "distill", epoch="2")
@@ -254,11 +254,11 @@ def test_a_nan_in_the_second_epoch_names_it_and_keeps_the_first(tmp_path, monkey
 @pytest.mark.parametrize("train_graph", ["batch", "anchors"])
 def test_a_bank_smaller_than_k_plus_2(tmp_path, train_graph):
     code, out, err = run_cli(
-        "distill", "--data", "digits", "--epochs", 2, "--set", "model.hidden=32", "--set", "model.anchors=5",
-        "--set", f"model.train_graph={train_graph}", *ONE_THREAD, "--out", tmp_path / "s",
+        "distill", "--data", "digits", "--epochs", 2, "--set", "model.hidden=32", "--set", "bank.size=5",
+        "--set", f"distill.train_graph={train_graph}", *ONE_THREAD, "--out", tmp_path / "s",
     )  # fmt: skip
     if code == 2:  # refusing the bank is fine, as long as the message names it
-        assert "model.anchors" in err and "learning rate" not in err, err
+        assert "bank.size" in err and "learning rate" not in err, err
         return
     assert code == 0, err
     model, meta = load_model(tmp_path / "s")

@@ -5,6 +5,7 @@ trip of an anchor bank, tiny batches, and the whole teacher -> distill -> evalua
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,27 +13,47 @@ import torch
 from helpers import ONE_THREAD, run_cli
 from PIL import Image
 
+from cnn2gnn import policy
 from cnn2gnn.checkpoint import load_model, save_model_dir
+from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.data import load_dataset, normalize
-from cnn2gnn.models.gnn import GNNStudent
+from cnn2gnn.models import GNNStudent, MLPStudent
 
 D, C, HIDDEN, K, M = 16, 3, 8, 3, 10  # input size, classes, hidden width, neighbours, anchors
 
 
-def student(aggregate="sage", *, label_messages=False, graph_space="proj", **kwargs) -> GNNStudent:
+def config(aggregate="sage", *, label_messages=False, graph_space="proj", **kwargs) -> StudentModelConfig:
     kwargs = {"dropout": 0.0, **kwargs}
-    return GNNStudent(
-        D, C, hidden=HIDDEN, k=K, aggregate=aggregate, label_messages=label_messages, graph_space=graph_space, **kwargs
+    return StudentModelConfig(
+        hidden=HIDDEN, k=K, aggregate=aggregate, label_messages=label_messages, graph_space=graph_space, **kwargs
     )
+
+
+def student(aggregate="sage", **kwargs) -> GNNStudent:
+    return GNNStudent(D, C, config(aggregate, **kwargs))
+
+
+def mlp(**kwargs) -> MLPStudent:
+    """The same-width MLP baseline of the test's sizes (``config`` keys, ``arch="mlp"``)."""
+    return MLPStudent(D, C, config(arch="mlp", **kwargs))
+
+
+def mlp_of(model: GNNStudent, **kwargs) -> MLPStudent:
+    """An MLP holding the GNN's own-term weights: ``lin1`` = ``conv1.lin``, ``lin2`` = ``conv2.lin``."""
+    net = mlp(**kwargs)
+    net.load_state_dict(
+        {f"lin{i}.{p}": getattr(getattr(model, f"conv{i}").lin, p) for i in (1, 2) for p in ("weight", "bias")}
+    )
+    return net
 
 
 def with_bank(model: GNNStudent, m: int = M, seed: int = 1) -> GNNStudent:
     g = torch.Generator().manual_seed(seed)
-    model.set_anchors(torch.randn(m, D, generator=g), torch.randint(0, C, (m,), generator=g), torch.arange(m) + 100)
+    model.set_bank(torch.randn(m, D, generator=g), torch.randint(0, C, (m,), generator=g), torch.arange(m) + 100)
     return model
 
 
-def grads(model: GNNStudent, x: torch.Tensor, **forward) -> dict[str, torch.Tensor | None]:
+def grads(model: torch.nn.Module, x: torch.Tensor, **forward) -> dict[str, torch.Tensor | None]:
     model.zero_grad(set_to_none=True)
     out = model(x, **forward)
     (out * torch.linspace(-1.0, 1.0, out.numel()).view_as(out)).sum().backward()
@@ -42,7 +63,7 @@ def grads(model: GNNStudent, x: torch.Tensor, **forward) -> dict[str, torch.Tens
 # ------------------------------------------------------------------------------------------- shapes and gradients
 
 
-@pytest.mark.parametrize("aggregate", ["gcn", "sage", "none"])
+@pytest.mark.parametrize("aggregate", ["gcn", "sage"])
 @pytest.mark.parametrize("label_messages", [False, True])
 @pytest.mark.parametrize("graph", ["batch", "anchors"])
 @pytest.mark.parametrize("graph_space", ["proj", "head", "pixels"])
@@ -52,13 +73,30 @@ def test_shapes_and_gradient_reaches_every_used_parameter(aggregate, label_messa
     x = torch.randn(12, 1, 4, 4)  # images are flattened
     assert model(x, graph=graph).shape == (12, C)
     g = grads(model, x, graph=graph)
-    expected = {"lin1.weight", "lin1.bias", "lin2.weight", "lin2.bias"}
+    expected = {"conv1.lin.weight", "conv1.lin.bias", "conv2.lin.weight", "conv2.lin.bias"}
     if aggregate == "sage":
-        expected |= {"nbr1.weight", "nbr2.weight"}
-    if aggregate != "none" and graph_space == "head":
+        expected |= {"conv1.nbr.weight", "conv2.nbr.weight"}
+    if graph_space == "head":
         expected.add("graph_head.weight")  # only when the graph is used: it measures the distances
-    if aggregate != "none" and label_messages and graph == "anchors":
+    if label_messages and graph == "anchors":
         expected.add("label_gain.weight")  # the anchors' labels exist only under the anchors policy
+    reached = {name for name, grad in g.items() if grad is not None and grad.abs().sum() > 0}
+    assert reached == expected
+    assert all(torch.isfinite(grad).all() for grad in g.values() if grad is not None)
+
+
+@pytest.mark.parametrize("label_messages", [False, True])
+@pytest.mark.parametrize("graph_space", ["proj", "head", "pixels"])
+def test_mlp_shapes_and_gradient_reaches_every_parameter(label_messages, graph_space):
+    """The MLP baseline (``arch="mlp"``) has no graph and no bank: the graph keys of its config build nothing."""
+    torch.manual_seed(0)
+    model = mlp(label_messages=label_messages, graph_space=graph_space).train()
+    assert policy.supported(model) == ()
+    x = torch.randn(12, 1, 4, 4)  # images are flattened
+    assert model(x).shape == (12, C)
+    g = grads(model, x)
+    expected = {"lin1.weight", "lin1.bias", "lin2.weight", "lin2.bias"}
+    assert set(g) == expected
     reached = {name for name, grad in g.items() if grad is not None and grad.abs().sum() > 0}
     assert reached == expected
     assert all(torch.isfinite(grad).all() for grad in g.values() if grad is not None)
@@ -88,43 +126,59 @@ def test_detached_graph_passes_no_gradient_through_the_distances(aggregate, grap
     handle.remove()
     learned = grads(attached, x, graph=graph)
     without = grads(detached, x, graph=graph)
-    torch.testing.assert_close(without["lin1.weight"], with_constant_graph["lin1.weight"])
-    assert not torch.allclose(learned["lin1.weight"], with_constant_graph["lin1.weight"])
+    torch.testing.assert_close(without["conv1.lin.weight"], with_constant_graph["conv1.lin.weight"])
+    assert not torch.allclose(learned["conv1.lin.weight"], with_constant_graph["conv1.lin.weight"])
 
 
 @pytest.mark.parametrize("aggregate", ["gcn", "sage"])
 @pytest.mark.parametrize("training", [False, True])
 def test_anchors_forward_gathers_what_the_dense_graph_multiplies(aggregate, training):
-    # the anchors policy aggregates its k anchors by a gather; check it against P @ messages with the dense P
+    # the anchors policy aggregates its k neighbours by a gather of sparse edges, in the bank's own graph and in the
+    # queries' graph; check both against P @ messages with the dense P, the bank's states recomputed by hand
     torch.manual_seed(0)
     model = with_bank(student(aggregate, label_messages=True)).train(training)
+    conv1, conv2 = model.conv1, model.conv2
     x = torch.randn(7, D)
-    bank = model._anchor_states()
-    u = model.lin1(x)
-    p = model.graph(u, bank["v"])  # dense (n, m), the same distances and k
+
+    def layer(own: torch.Tensor, p: torch.Tensor, messages: torch.Tensor, conv) -> torch.Tensor:
+        """One layer by hand with a dense row-stochastic P: sage xW + b + P M; gcn D^-1 (P + I) = (xW + P M) / 2 + b."""
+        if aggregate == "sage":
+            return conv.lin(own) + p @ messages
+        return 0.5 * (conv.message(own) + p @ messages) + conv.lin.bias
+
+    # the bank: its graph among its own images (an anchor is not its own neighbour), then its messages
+    xa = model.bank.images
+    va = conv1.lin(xa)  # graph space "proj"
+    pa = model.graph(va, va, model.bank.self_mask())  # dense (m, m), the same distances and k
+    assert torch.all(pa.diagonal() == 0)
+    wa, ia = model.graph(va, va, model.bank.self_mask(), sparse=True)
+    torch.testing.assert_close(torch.zeros(M, M).scatter(1, ia, wa), pa)
+    msg1 = conv1.message(xa)
+    ha = torch.relu(layer(xa, pa, msg1, conv1))
+    msg2 = conv2.message(ha) + model.label_gain(torch.nn.functional.one_hot(model.bank.labels, C).float())
+
+    # the queries: linked to their k nearest anchors
+    p = model.graph(conv1.lin(x), va)  # dense (n, m)
     weights, index = model.anchor_edges(x)
     torch.testing.assert_close(torch.gather(p, 1, index), weights)
-    if aggregate == "sage":
-        h = torch.relu(u + p @ bank["w"])
-        expected = model.lin2(h) + p @ bank["msg2"]
-    else:
-        b1 = model.lin1.bias
-        h = torch.relu(0.5 * ((u - b1) + p @ bank["w"]) + b1)
-        expected = 0.5 * (h @ model.lin2.weight.T + p @ bank["msg2"]) + model.lin2.bias
+    torch.testing.assert_close(torch.zeros(len(x), M).scatter(1, index, weights), p)
+    h = torch.relu(layer(x, p, msg1, conv1))
+    expected = layer(h, p, msg2, conv2)
     torch.testing.assert_close(model(x, graph="anchors"), expected)
 
 
 def _dense(out, x: torch.Tensor, model: GNNStudent) -> torch.Tensor:
-    """A graph as the learner returned it, dense: (weights, index) pairs (the anchors graph) scattered to (n, m)."""
+    """A graph as the learner returned it, dense: (weights, index) pairs (the anchors graph and the bank's own
+    graph) scattered to (n, m) with m the bank's size."""
     if isinstance(out, tuple):
         weights, index = out
-        return torch.zeros(len(weights), model.anchor_x.shape[0]).scatter(1, index, weights)
+        return torch.zeros(len(weights), len(model.bank)).scatter(1, index, weights)
     return out
 
 
 def _graphs(model: GNNStudent, x: torch.Tensor, graph: str) -> list:
-    """The graphs the learner returns in one forward pass, as returned (bank graph first under anchors in train
-    mode; the anchors graph as a (weights, index) pair)."""
+    """The graphs the learner returns in one forward pass, as returned (under anchors in train mode the bank's own
+    graph first; the bank's and the anchors graph as (weights, index) pairs)."""
     seen: list = []
     handle = model.graph.register_forward_hook(lambda mod, inp, out: seen.append(out))
     try:
@@ -149,9 +203,9 @@ def normalised(bundle, split) -> torch.Tensor:
 @pytest.mark.parametrize(("aggregate", "label_messages"), [("gcn", False), ("sage", True)])
 def test_anchors_policy_ignores_batch_order_and_size(digits, aggregate, label_messages):
     torch.manual_seed(0)
-    model = GNNStudent(64, 10, hidden=32, k=5, aggregate=aggregate, label_messages=label_messages)
+    model = GNNStudent(64, 10, StudentModelConfig(hidden=32, k=5, aggregate=aggregate, label_messages=label_messages))
     bank = torch.arange(0, len(digits.train), 12)
-    model.set_anchors(normalised(digits, digits.train)[bank], digits.train.labels[bank], bank)
+    model.set_bank(normalised(digits, digits.train)[bank], digits.train.labels[bank], bank)
     model.eval()
     x, y = normalised(digits, digits.test), digits.test.labels
 
@@ -180,13 +234,12 @@ def test_batch_policy_on_one_image_is_the_mlp_of_the_same_weights(aggregate):
     """A single node has no neighbours: with the (default) self loop the GNN is the MLP lin2(ReLU(lin1 x))."""
     torch.manual_seed(0)
     model = student(aggregate, dropout=0.3).eval()
-    mlp = student("none", dropout=0.3).eval()
-    mlp.load_state_dict(model.state_dict(), strict=False)
+    net = mlp_of(model, dropout=0.3).eval()
     x = torch.randn(5, D)
     with torch.no_grad():
         for i in range(len(x)):
-            torch.testing.assert_close(model(x[i : i + 1], graph="batch"), mlp(x[i : i + 1]))
-        assert not torch.allclose(model(x, graph="batch"), mlp(x))  # with batch-mates it is not the MLP
+            torch.testing.assert_close(model(x[i : i + 1], graph="batch"), net(x[i : i + 1]))
+        assert not torch.allclose(model(x, graph="batch"), net(x))  # with batch-mates it is not the MLP
 
 
 @pytest.mark.parametrize("aggregate", ["gcn", "sage"])
@@ -194,7 +247,7 @@ def test_batch_policy_on_one_image_is_the_mlp_of_the_same_weights(aggregate):
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_policy_on_tiny_batches(aggregate, n, train):
     torch.manual_seed(0)
-    model = GNNStudent(D, C, hidden=HIDDEN, k=10, aggregate=aggregate).train(train)
+    model = GNNStudent(D, C, StudentModelConfig(hidden=HIDDEN, k=10, aggregate=aggregate)).train(train)
     x = torch.randn(n, D)
     out = model(x, graph="batch")
     assert out.shape == (n, C)
@@ -213,7 +266,7 @@ def test_a_training_image_is_never_its_own_anchor(aggregate):
     m = 20
     model = student(aggregate, label_messages=True)
     bank_x = torch.randn(m, D)
-    model.set_anchors(bank_x, torch.randint(0, C, (m,)), torch.arange(m) + 50)  # positions 50..69 in the split
+    model.set_bank(bank_x, torch.randint(0, C, (m,)), torch.arange(m) + 50)  # positions 50..69 in the split
     model.train()
     rows = torch.arange(3, 9)
     x, index = bank_x[rows], rows + 50  # the batch is part of the bank
@@ -244,7 +297,7 @@ def _graphs_with_index(model, x, index):
 @pytest.mark.parametrize("m", [5, 11])
 def test_an_anchor_bank_of_at_most_k_plus_1_images(m):
     torch.manual_seed(0)
-    model = GNNStudent(D, C, hidden=HIDDEN, k=10, aggregate="sage")
+    model = GNNStudent(D, C, StudentModelConfig(hidden=HIDDEN, k=10, aggregate="sage"))
     try:
         with_bank(model, m)
     except ValueError:
@@ -252,7 +305,7 @@ def test_an_anchor_bank_of_at_most_k_plus_1_images(m):
     model.eval()
     assert torch.isfinite(model(torch.randn(4, D), graph="anchors")).all()
     model.train()
-    assert torch.isfinite(model(model.anchor_x[:2], graph="anchors", index=model.anchor_index[:2])).all()
+    assert torch.isfinite(model(model.bank.images[:2], graph="anchors", index=model.bank.index[:2])).all()
 
 
 # ------------------------------------------------------------------------------------------- save / load
@@ -263,31 +316,32 @@ def test_save_and_load_keeps_the_anchor_bank(tmp_path, aggregate):
     """Labels and positions of the bank are distinct tensors after loading (they once shared storage, so the loaded
     labels were overwritten by the positions); label messages make the labels visible in the logits."""
     torch.manual_seed(0)
-    kwargs = {
-        "hidden": HIDDEN,
-        "k": K,
-        "aggregate": aggregate,
-        "graph_space": "proj",
-        "graph_dim": 4,
-        "dropout": 0.0,
-        "input_dropout": 0.0,
-        "detach_graph": False,
-        "self_loop": True,
-        "label_messages": True,
-    }
-    model = GNNStudent(D, C, **kwargs)
+    cfg = StudentModelConfig(
+        hidden=HIDDEN,
+        k=K,
+        aggregate=aggregate,
+        graph_space="proj",
+        graph_dim=4,
+        dropout=0.0,
+        input_dropout=0.0,
+        detach_graph=False,
+        self_loop=True,
+        label_messages=True,
+    )
+    model = GNNStudent(D, C, cfg)
     m = 12
     labels = torch.tensor([0, 1, 2] * 4)
-    model.set_anchors(torch.randn(m, D), labels, torch.arange(m) * 7 + 3)  # positions differ from labels
+    model.set_bank(torch.randn(m, D), labels, torch.arange(m) * 7 + 3)  # positions differ from labels
     with torch.no_grad():
         model.label_gain.weight.mul_(5.0)  # make the labels matter for the logits
-    meta = {"kind": "student", "in_features": D, "num_classes": C, "student": {"kwargs": kwargs, "anchors": m}}
+    meta = {"kind": "student", "in_features": D, "num_classes": C, "student": {"model": asdict(cfg), "bank": m}}
     save_model_dir(tmp_path, model, meta)
     loaded, loaded_meta = load_model(tmp_path)
-    assert loaded_meta["student"]["anchors"] == m and not loaded.training
-    for name in ("anchor_x", "anchor_y", "anchor_index"):
-        assert torch.equal(getattr(loaded, name), getattr(model, name)), name
-    assert loaded.anchor_y.untyped_storage().data_ptr() != loaded.anchor_index.untyped_storage().data_ptr()
+    assert loaded_meta["student"]["bank"] == m and not loaded.training
+    assert loaded.bank is not None and len(loaded.bank) == m
+    for name in ("images", "labels", "index"):
+        assert torch.equal(getattr(loaded.bank, name), getattr(model.bank, name)), name
+    assert loaded.bank.labels.untyped_storage().data_ptr() != loaded.bank.index.untyped_storage().data_ptr()
     model.eval()
     x = torch.randn(9, D)
     with torch.no_grad():
@@ -309,8 +363,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     )  # fmt: skip
     assert code == 0, err
     code, out, err = run_cli(
-        "distill", "--data", "digits", "--teacher", teacher, "--epochs", 2, "--set", "model.anchors=100",
-        "--set", "model.train_graph=anchors", *ONE_THREAD, "--out", stud,
+        "distill", "--data", "digits", "--teacher", teacher, "--epochs", 2, "--set", "bank.size=100",
+        "--set", "distill.train_graph=anchors", *ONE_THREAD, "--out", stud,
     )  # fmt: skip
     assert code == 0, err
     assert out.startswith("student GNN (sage), distilled from ") and "test anchors" in out
@@ -323,13 +377,13 @@ def test_distilled_student_folder(runs):
     for name in ("config.yaml", "metrics.jsonl", "manifest.json", "model.safetensors", "meta.json", "summary.json"):
         assert (s / name).is_file(), name
     meta = json.loads((s / "meta.json").read_text())
-    assert meta["kind"] == "student" and meta["student"]["anchors"] == 100 and meta["train_graph"] == "anchors"
+    assert meta["kind"] == "student" and meta["student"]["bank"] == 100 and meta["train_graph"] == "anchors"
     rows = [json.loads(line) for line in (s / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert all(k in rows[0] for k in ("train_loss", "train_ce", "train_kd", "val_acc", "test_acc"))
     model, _ = load_model(s)
-    assert model.has_anchors and len(model.anchor_y) == 100
-    assert torch.bincount(model.anchor_y, minlength=10).tolist() == [10] * 10  # stratified
+    assert model.bank is not None and len(model.bank.labels) == 100
+    assert torch.bincount(model.bank.labels, minlength=10).tolist() == [10] * 10  # stratified
 
 
 @pytest.mark.slow
@@ -391,7 +445,7 @@ def test_predict_image_files(runs, digits, tmp_path):
 def test_mlp_baseline_and_cross_entropy_only(runs):
     mlp = runs["root"] / "mlp"
     code, out, err = run_cli(
-        "distill", "--data", "digits", "--teacher", runs["teacher"], "--epochs", 1, "--set", "model.aggregate=none",
+        "distill", "--data", "digits", "--teacher", runs["teacher"], "--epochs", 1, "--set", "model.arch=mlp",
         "--set", "model.hidden=32", *ONE_THREAD, "--out", mlp,
     )  # fmt: skip
     assert code == 0, err
@@ -404,7 +458,7 @@ def test_mlp_baseline_and_cross_entropy_only(runs):
 
     ce = runs["root"] / "ce"
     code, out, err = run_cli(
-        "distill", "--data", "digits", "--epochs", 1, "--set", "model.hidden=32", "--set", "model.anchors=50",
+        "distill", "--data", "digits", "--epochs", 1, "--set", "model.hidden=32", "--set", "bank.size=50",
         *ONE_THREAD, "--out", ce,
     )  # fmt: skip
     assert code == 0, err

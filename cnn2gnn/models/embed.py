@@ -11,6 +11,8 @@ The student's two learned layers see ``phi(x)`` instead of the raw pixels when `
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -109,6 +111,12 @@ class PatchEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"image_shape={self.image_shape}"
+
+
+def check_image_shape(owner: str, image_shape, in_features: int) -> None:
+    """A ``ValueError`` naming ``owner`` when the (C, H, W) ``image_shape`` does not hold ``in_features`` values."""
+    if image_shape is not None and math.prod(image_shape) != in_features:
+        raise ValueError(f"{owner}: image_shape {tuple(image_shape)} does not have in_features={in_features} values")
 
 
 def make_embedding(

@@ -1,0 +1,93 @@
+"""The anchor bank of a graph student (docs/method.md section 5): a fixed set of training images that serves as the
+neighbour pool of the ``anchors`` inference policy, with the states the student derives from it cached once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["AnchorBank"]
+
+
+class AnchorBank(nn.Module):
+    r"""A bank of :math:`m` training images stored in a graph student (as in the authors' AnchorGAE).
+
+    Under the ``anchors`` policy a query image links to its :math:`k` nearest anchors, so its prediction does not
+    depend on the other images passed with it. The bank keeps, as buffers saved with the model:
+
+    - ``images`` :math:`(m, D)`: the anchors' normalised, flattened pixels;
+    - ``labels`` :math:`(m,)`: their classes (for label messages and pictures);
+    - ``index`` :math:`(m,)`: their positions in the training split, so that a training image is never its own anchor
+      (:meth:`exclusion`) and an anchor is never its own neighbour in the bank's graph (:meth:`self_mask`).
+
+    What the student computes from the bank (graph-space positions :math:`\mathbf{v}_a`, their squared norms
+    :math:`\|\mathbf{v}_a\|^2`, each layer's messages) goes through :meth:`states`: in eval mode it is computed once and
+    cached (detached); switching to training mode, :meth:`set` and loading weights clear the cache.
+
+    Args:
+        size: :math:`m` (the buffers start as zeros, to be filled by :meth:`set` or by loading weights).
+        in_features: :math:`D`, the flattened image size.
+
+    Shapes:
+        images :math:`(m, D)`, labels and index :math:`(m,)`; ``exclusion(index)`` :math:`(n, m)`
+    """
+
+    def __init__(self, size: int, in_features: int) -> None:
+        super().__init__()
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"{type(self).__name__}: size must be a positive integer, got size={size!r}")
+        self.register_buffer("images", torch.zeros(size, in_features))
+        self.register_buffer("labels", torch.zeros(size, dtype=torch.long))
+        self.register_buffer("index", torch.zeros(size, dtype=torch.long))
+        self._cache: dict[str, Tensor] | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: module.clear())
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def set(self, images: Tensor, labels: Tensor, index: Tensor) -> None:
+        """Store ``len(images)`` images (flattened or not), their labels and their positions in the training split."""
+        m = images.shape[0]
+        if labels.shape != (m,) or index.shape != (m,):
+            raise ValueError(
+                f"{type(self).__name__}: labels and index must have shape ({m},), got {tuple(labels.shape)} and "
+                f"{tuple(index.shape)}"
+            )
+        # clone: the bank owns its storage (aliased buffers would be overwritten by load_state_dict)
+        self.images = images.reshape(m, -1).to(self.images).clone()
+        self.labels = labels.to(self.images.device, torch.long).clone()
+        self.index = index.to(self.images.device, torch.long).clone()
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the cached states (they are recomputed from the current weights when next needed)."""
+        self._cache = None
+
+    def train(self, mode: bool = True) -> AnchorBank:
+        self.clear()
+        return super().train(mode)
+
+    def states(self, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``compute()`` (a dict holding at least ``v``, the anchors' graph-space positions) plus ``v_sq``, the
+        squared norms of ``v``; cached in eval mode, recomputed (with gradients) at every call in training mode."""
+        if self._cache is not None and not self.training:
+            return self._cache
+        states = dict(compute())
+        states["v_sq"] = states["v"].pow(2).sum(dim=1)
+        if not self.training:
+            self._cache = {key: t.detach() for key, t in states.items()}
+        return states
+
+    def self_mask(self) -> Tensor:
+        """``True`` on the diagonal, shape (m, m): an anchor is not its own neighbour in the bank's graph."""
+        return torch.eye(len(self), dtype=torch.bool, device=self.images.device)
+
+    def exclusion(self, index: Tensor) -> Tensor:
+        """``True`` where a query at training-split position ``index[i]`` is anchor ``j`` itself, shape (n, m)."""
+        return index.to(self.index.device)[:, None] == self.index[None, :]
+
+    def extra_repr(self) -> str:
+        return f"size={len(self)}, in_features={self.images.shape[1]}"

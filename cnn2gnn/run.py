@@ -1,0 +1,202 @@
+"""The set-up every training recipe shares (teacher.py, student.py): seed and threads, device, data, batches, the run
+folder's config.yaml and manifest.json, the fit loop with the config's schedule, and the model folder at the end.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import atomic_write_json, save_model_dir
+from .config import DataConfig, dump_yaml
+from .data import Augment, BatchIterator, DataBundle, Split, load_dataset
+from .errors import UserError
+from .train import FitResult, Step, fit, make_scheduler
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' asked for, but CUDA is not available here")
+    return device
+
+
+def build_data(d: DataConfig) -> DataBundle:
+    """The dataset and its splits as the data section of a config describes them."""
+    return load_dataset(
+        d.name,
+        d.root,
+        val_fraction=d.val_fraction,
+        seed=d.split_seed,
+        limit_train=d.limit_train,
+        limit_test=d.limit_test,
+        image_size=d.image_size,
+        download=d.download,
+    )
+
+
+def make_batches(
+    bundle: DataBundle,
+    split: Split,
+    batch_size: int,
+    device,
+    *,
+    train: bool,
+    seed: int,
+    augment: Augment | None = None,
+    shuffle: bool | None = None,
+) -> BatchIterator:
+    """Batches of ``split``; training shuffles, augments and drops a ragged last batch. Evaluation of a graph that
+    depends on batch-mates passes ``shuffle=True`` (a fixed seeded permutation, never class-sorted)."""
+    shuffle = train if shuffle is None else shuffle
+    return BatchIterator(
+        split,
+        batch_size,
+        mean=bundle.mean,
+        std=bundle.std,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=train and len(split) > batch_size,
+        augment=augment if train else None,
+        device=device,
+    )
+
+
+def data_summary(bundle: DataBundle) -> dict[str, Any]:
+    """What a manifest or report says about the data: name, fingerprint, split sizes."""
+    return {
+        "name": bundle.name,
+        "fingerprint": bundle.fingerprint,
+        "train": len(bundle.train),
+        "val": len(bundle.val),
+        "test": len(bundle.test),
+    }
+
+
+def data_meta(bundle: DataBundle) -> dict[str, Any]:
+    """What a model folder records of its data: classes, input shape, normalisation, fingerprint."""
+    return {
+        "data": bundle.name,
+        "classes": list(bundle.classes),
+        "num_classes": bundle.num_classes,
+        "in_channels": bundle.in_channels,
+        "image_size": list(bundle.image_size),
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        "fingerprint": bundle.fingerprint,
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine: what a manifest or benchmark report states so a number can be traced."""
+    import numpy
+    import torchvision
+
+    return {
+        "cnn2gnn": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+@dataclass
+class Run:
+    """One training run: its resolved config, folder, device and data. Made by :meth:`start`; a recipe builds its
+    model, step and evaluation, then calls :meth:`fit` and :meth:`save`."""
+
+    cfg: Any  # TeacherConfig | StudentConfig (sections run, data, optim)
+    out: Path
+    device: torch.device
+    bundle: DataBundle
+    resume: bool
+
+    @classmethod
+    def start(cls, cfg: Any, out: str | Path, *, resume: bool = False) -> Run:
+        torch.manual_seed(cfg.run.seed)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        device = resolve_device(cfg.run.device)
+        return cls(cfg, Path(out), device, build_data(cfg.data), resume)
+
+    def augment(self) -> Augment | None:
+        d = self.cfg.data
+        return Augment(d.pad, d.hflip) if d.augment else None
+
+    def train_batches(self) -> BatchIterator:
+        """The training split in seeded, shuffled (and, with data.augment, augmented) batches of optim.batch_size."""
+        return make_batches(
+            self.bundle, self.bundle.train, self.cfg.optim.batch_size, self.device,
+            train=True, seed=self.cfg.run.seed, augment=self.augment(),
+        )  # fmt: skip
+
+    def eval_batches(self, *, seed: int, shuffle: bool) -> dict[str, BatchIterator]:
+        """``{"val": ..., "test": ...}`` (the splits that are not empty) in batches of run.eval_batch_size."""
+        splits = (("val", self.bundle.val), ("test", self.bundle.test))
+        return {
+            name: make_batches(
+                self.bundle, split, self.cfg.run.eval_batch_size, self.device, train=False, seed=seed, shuffle=shuffle
+            )
+            for name, split in splits
+            if len(split)
+        }
+
+    def manifest(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "command": " ".join(sys.argv),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            **environment(),
+            "device": str(self.device),
+            "seed": self.cfg.run.seed,
+            "data": data_summary(self.bundle),
+            **(extra or {}),
+        }
+
+    def fit(
+        self,
+        model: nn.Module,
+        step: Step,
+        train_batches: BatchIterator,
+        evaluate,
+        optimizer: torch.optim.Optimizer,
+    ) -> tuple[FitResult, dict[str, Any]]:
+        """Write the resolved config and the manifest into the run folder, then train with the config's schedule."""
+        from .models.cnn import count_parameters
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(self.cfg, self.out / "config.yaml")
+        manifest = self.manifest({"parameters": count_parameters(model)})
+        atomic_write_json(self.out / "manifest.json", manifest)
+        optim = self.cfg.optim
+        scheduler = make_scheduler(optimizer, optim, optim.epochs * len(train_batches))
+        result = fit(
+            model, step, train_batches, evaluate, optimizer, scheduler,
+            epochs=optim.epochs, run_dir=self.out, grad_clip=optim.grad_clip, resume=self.resume,
+            progress=self.cfg.run.progress,
+        )  # fmt: skip
+        return result, manifest
+
+    def save(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        """The model folder: weights and description (the data's classes, shape and normalisation added)."""
+        save_model_dir(self.out, model.cpu(), {**meta, **data_meta(self.bundle)})
+        model.to(self.device).eval()
+
+    def summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        atomic_write_json(self.out / "summary.json", summary)
+        return summary

@@ -1,0 +1,50 @@
+"""The teacher recipe (docs/method.md section 1): a CNN from the registry trained from scratch with cross-entropy,
+on the shared run set-up (run.py) and fit loop (train.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import TeacherConfig
+from .models.cnn import create_teacher
+from .run import Run, make_batches
+from .train import accuracy, make_optimizer, predict_logits
+
+
+def train_teacher(cfg: TeacherConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train a CNN teacher; writes model, config, metrics, manifest and summary into ``out``."""
+    run = Run.start(cfg, out, resume=resume)
+    bundle, device = run.bundle, run.device
+    model = create_teacher(
+        cfg.model.arch, bundle.num_classes, bundle.in_channels, max(bundle.image_size), cfg.model.width
+    ).to(device)
+    evals = run.eval_batches(seed=cfg.run.seed, shuffle=False)  # a CNN's output does not depend on batch-mates
+    smoothing = cfg.optim.label_smoothing
+
+    def step(batch) -> dict[str, torch.Tensor]:
+        return {"loss": F.cross_entropy(model(batch.x), batch.y, label_smoothing=smoothing)}
+
+    def evaluate() -> dict[str, float]:
+        return {f"{name}_acc": accuracy(predict_logits(model, b), b.labels) for name, b in evals.items()}
+
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    result, manifest = run.fit(model, step, run.train_batches(), evaluate, optimizer)
+    run.save(model, {"kind": "teacher", "arch": cfg.model.arch, "width": cfg.model.width})
+    last = result.history[-1] if result.history else {}
+    train_eval = make_batches(bundle, bundle.train, cfg.run.eval_batch_size, device, train=False, seed=0)
+    return run.summary(
+        {
+            "train_acc": accuracy(predict_logits(model, train_eval), bundle.train.labels),
+            "val_acc": last.get("val_acc"),
+            "test_acc": last.get("test_acc"),
+            "best_epoch": result.best_epoch,
+            "epochs": cfg.optim.epochs,
+            "seconds": round(result.seconds, 1),
+            "parameters": manifest["parameters"],
+        }
+    )
