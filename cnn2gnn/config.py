@@ -239,6 +239,13 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}' (known under '{prefix or '.'}': {', '.join(sorted(names))})"
         )
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+    ]
+    if required:
+        raise ConfigError(f"missing config key '{prefix}{required[0]}'")
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
     return cls(**kwargs)
 

@@ -1,7 +1,8 @@
-"""Response-based knowledge distillation loss of CNN2GNN (METHOD.md section 4).
+"""Response-based knowledge distillation loss of CNN2GNN (docs/method.md section 4).
 
 ``L = (1 - alpha) * CE(y, z_s) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``, returned as a dict of
-named terms ``{"loss", "ce", "kd"}`` so the training loop can log each one.
+named terms ``{"loss", "ce", "kd"}`` so the training loop can log each one. The defaults of ``alpha`` and ``T`` are
+those of the config (:class:`cnn2gnn.config.DistillConfig`: alpha 0.5, T 2, selected on validation).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .config import DistillConfig
 
 __all__ = ["DistillationLoss", "distillation_loss"]
 
@@ -25,8 +28,8 @@ def distillation_loss(
     targets: Tensor,
     teacher_logits: Tensor | None = None,
     *,
-    alpha: float = 0.9,
-    temperature: float = 4.0,
+    alpha: float = DistillConfig.alpha,
+    temperature: float = DistillConfig.temperature,
 ) -> dict[str, Tensor]:
     r"""Cross-entropy on the labels plus temperature-scaled KL to the teacher (https://arxiv.org/abs/2404.14822).
 
@@ -43,8 +46,8 @@ def distillation_loss(
         student_logits: the student's logits :math:`z_s`.
         targets: class indices :math:`y`.
         teacher_logits: the teacher's logits :math:`z_t`, or ``None`` for plain cross-entropy.
-        alpha: weight of the distillation term, in :math:`[0, 1]`.
-        temperature: softmax temperature :math:`T > 0`.
+        alpha: weight of the distillation term, in :math:`[0, 1]` (default 0.5, the config's).
+        temperature: softmax temperature :math:`T > 0` (default 2, the config's).
 
     Returns:
         ``{"loss": total, "ce": CE(y, z_s), "kd": T^2 * KL (before the alpha weight)}``, all scalar tensors.
@@ -78,7 +81,7 @@ def distillation_loss(
 
 
 class DistillationLoss(nn.Module):
-    r"""Module form of :func:`distillation_loss`, holding ``alpha`` and ``temperature`` (METHOD.md section 4).
+    r"""Module form of :func:`distillation_loss`, holding ``alpha`` and ``temperature`` (docs/method.md section 4).
 
     CNN2GNN (https://arxiv.org/abs/2404.14822) distils the teacher's soft outputs into the GNN student:
 
@@ -87,15 +90,15 @@ class DistillationLoss(nn.Module):
             + \alpha\, T^2\, \mathrm{KL}\!\left(\mathrm{softmax}(z_t / T) \,\|\, \mathrm{softmax}(z_s / T)\right)
 
     Args:
-        alpha: weight of the distillation term (``1 - alpha`` weights the cross-entropy).
-        temperature: softmax temperature :math:`T > 0`.
+        alpha: weight of the distillation term (``1 - alpha`` weights the cross-entropy; default 0.5).
+        temperature: softmax temperature :math:`T > 0` (default 2).
 
     Shapes:
         - student_logits, teacher_logits: :math:`(B, C)`; targets: :math:`(B,)`
         - output: dict of scalar tensors ``{"loss", "ce", "kd"}``
     """
 
-    def __init__(self, alpha: float = 0.9, temperature: float = 4.0) -> None:
+    def __init__(self, alpha: float = DistillConfig.alpha, temperature: float = DistillConfig.temperature) -> None:
         super().__init__()
         _check_hparams(type(self).__name__, alpha, temperature)
         self.alpha = float(alpha)

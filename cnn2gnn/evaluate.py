@@ -1,4 +1,4 @@
-"""Honest evaluation (METHOD.md sections 5-6): accuracy over seeded shuffles of the test set (never class-sorted),
+"""Honest evaluation (docs/method.md sections 5-6): accuracy over seeded shuffles of the test set (never class-sorted),
 mean and std over seeds, the batch-order sensitivity of the ``batch`` policy, inference speed with the graph's cost
 included, and single-image prediction from image files under the ``anchors`` policy.
 """

@@ -1,4 +1,4 @@
-"""The differentiable sparse graph head of the CNN2GNN student (METHOD.md section 2).
+"""The differentiable sparse graph head of the CNN2GNN student (docs/method.md section 2).
 
 Pure functions (distances, the closed-form adaptive-neighbours graph, symmetrisation, normalisation) and one thin
 module, :class:`SparseGraphLearner`, that chains them: every image is a node and learns its k nearest neighbours.
@@ -10,6 +10,8 @@ import numbers
 
 import torch
 from torch import Tensor, nn
+
+from .config import StudentModelConfig
 
 __all__ = [
     "NORM_MODES",
@@ -86,7 +88,7 @@ def sparse_neighbours(
     mask: Tensor | None = None,
     eps: float = 1e-12,
 ) -> tuple[Tensor, Tensor]:
-    r"""Row-stochastic sparse graph with the closed form of "adaptive neighbours" (METHOD.md section 2).
+    r"""Row-stochastic sparse graph with the closed form of "adaptive neighbours" (docs/method.md section 2).
 
     The graph head of CNN2GNN (https://arxiv.org/abs/2404.14822). Sorting row :math:`i` of the distances
     ascending, :math:`d_{i(1)} \le d_{i(2)} \le \dots`, the weights are
@@ -169,7 +171,7 @@ def sparse_graph(
 ) -> Tensor:
     r"""The dense form of :func:`sparse_neighbours`: the row-stochastic k-neighbour graph as an (n, m) matrix.
 
-    The graph head of CNN2GNN (https://arxiv.org/abs/2404.14822), METHOD.md section 2:
+    The graph head of CNN2GNN (https://arxiv.org/abs/2404.14822), docs/method.md section 2:
     :math:`p_{ij} = (d_{i(k+1)} - d_{ij})_+ / (k\, d_{i(k+1)} - \sum_{l \le k} d_{i(l)})`. Arguments, degenerate
     cases and gradients as in :func:`sparse_neighbours`.
 
@@ -182,7 +184,7 @@ def sparse_graph(
 
 
 def symmetrize(p: Tensor) -> Tensor:
-    r"""Symmetrise a square graph: :math:`\mathbf{A} = (\mathbf{P} + \mathbf{P}^\top) / 2` (METHOD.md section 2).
+    r"""Symmetrise a square graph: :math:`\mathbf{A} = (\mathbf{P} + \mathbf{P}^\top) / 2` (docs/method.md section 2).
 
     Part of the graph head of CNN2GNN (https://arxiv.org/abs/2404.14822).
 
@@ -203,7 +205,7 @@ def symmetrize(p: Tensor) -> Tensor:
 
 
 def normalize_adj(a: Tensor, *, self_loop: bool = True, mode: str = "sym") -> Tensor:
-    r"""Normalise a dense adjacency matrix for graph convolution (METHOD.md section 2).
+    r"""Normalise a dense adjacency matrix for graph convolution (docs/method.md section 2).
 
     Part of the graph head of CNN2GNN (https://arxiv.org/abs/2404.14822). With
     :math:`\tilde{\mathbf{A}} = \mathbf{A} + \mathbf{I}` when ``self_loop`` (else :math:`\mathbf{A}`) and
@@ -248,7 +250,7 @@ def normalize_adj(a: Tensor, *, self_loop: bool = True, mode: str = "sym") -> Te
 
 
 class SparseGraphLearner(nn.Module):
-    r"""Learn a sparse k-neighbour graph among the images of a batch (METHOD.md sections 2 and 5).
+    r"""Learn a sparse k-neighbour graph among the images of a batch (docs/method.md sections 2 and 5).
 
     The graph head of the CNN2GNN student (https://arxiv.org/abs/2404.14822). From node features
     :math:`\mathbf{V}` it builds
@@ -266,7 +268,7 @@ class SparseGraphLearner(nn.Module):
     without. Fewer than ``k + 2`` nodes clamp ``k`` as described in :func:`sparse_graph`.
 
     Args:
-        k: neighbours per node.
+        k: neighbours per node (default: the config's ``model.k``, 10).
         symmetric: symmetrise :math:`\mathbf{P}` before normalising.
         self_loop: add :math:`\mathbf{I}` before normalising.
         norm: ``"sym"``, ``"row"`` or ``"none"`` (see :func:`normalize_adj`).
@@ -279,7 +281,7 @@ class SparseGraphLearner(nn.Module):
 
     def __init__(
         self,
-        k: int = 10,
+        k: int = StudentModelConfig.k,
         *,
         symmetric: bool = True,
         self_loop: bool = True,

@@ -1,4 +1,4 @@
-"""The benchmark's figures (METHOD.md sections 6-7): training curves, accuracy against a swept setting, accuracy
+"""The benchmark's figures (docs/method.md sections 6-7): training curves, accuracy against a swept setting, accuracy
 against inference cost, and two pictures of the learned graph (per-class homophily of the anchors graph, test images
 with their nearest anchors). One function per figure; each saves a PNG and returns its path.
 

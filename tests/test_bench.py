@@ -1,4 +1,4 @@
-"""Tests of the benchmark (METHOD.md sections 6-7): the presets (shipped YAML files, a user's file, errors naming the
+"""Tests of the benchmark (docs/method.md s. 6-7): the presets (shipped YAML files, a user's file, errors naming the
 key), the plan (every baseline, the same seeds, sweep points equal to the default trained once), the config hash,
 the report and figures rendered from a stored results.json, and the whole ``cnn2gnn bench --preset tiny`` pipeline on
 digits: the files it writes, a row per model with mean/std over the seeds, provenance, and reuse on a second call.
@@ -74,7 +74,7 @@ def test_user_preset_file_with_a_base(tmp_path):
         ("base: tiny\nepochs: 3\n", "unknown config key 'epochs'"),
         ("base: tiny\nteachers: [{arch: resnet8, epochs: two}]\n", "'teachers[0].epochs': expected int"),
         ("base: tiny\nsweeps: [{name: k, key: model.k, values: [[3]], title: k}]\n", "'sweeps[0].values[0]'"),
-        ("student_epochs: 1\nseeds: [0]\n", "missing 1 required positional argument: 'teachers'"),
+        ("student_epochs: 1\nseeds: [0]\n", "missing config key 'teachers'"),
         ("base: me.yaml\n", "'base' leads back to itself"),
         ("base: [tiny]\n", "'base' must be a preset name or file"),
     ],

@@ -273,3 +273,58 @@ def test_missing_and_folder_config_files(tmp_path):
         build_config(TeacherConfig, files=[tmp_path / "missing.yaml"])
     with pytest.raises(ConfigError, match="cannot read"):
         read_yaml(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- choices and old keys
+
+
+@pytest.mark.parametrize(
+    ("assignment", "fragments"),
+    [
+        ("model.aggregate=bogus", ["'model.aggregate'", "one of sage, gcn", "'bogus'"]),
+        ("model.aggregate=none", ["one of sage, gcn", "model.arch=mlp"]),  # the 0.1 spelling of the MLP
+        ("model.arch=cnn", ["'model.arch'", "gnn, mlp"]),
+        ("distill.train_graph=all", ["'distill.train_graph'", "batch, anchors"]),
+        ("optim.optimizer=adam", ["'optim.optimizer'", "sgd, adamw"]),
+        ("model.embed=3", ["'model.embed'", "none, randconv, patch"]),
+    ],
+)
+def test_a_choice_outside_its_literal_names_the_key_and_the_allowed_values(assignment, fragments):
+    with pytest.raises(ConfigError) as err:
+        build_config(StudentConfig, overrides=[assignment])
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_the_policy_choices_are_the_policies():
+    import typing
+
+    from cnn2gnn.config import DistillConfig
+    from cnn2gnn.policy import POLICIES
+
+    assert typing.get_args(typing.get_type_hints(DistillConfig)["train_graph"]) == POLICIES
+
+
+@pytest.mark.parametrize("key", ["model.anchors", "model.train_graph"])
+def test_a_moved_key_in_an_override_says_where_it_went(key):
+    with pytest.raises(ConfigError, match=f"'{key}' is now '(bank.size|distill.train_graph)'"):
+        build_config(StudentConfig, overrides=[f"{key}=1"])
+
+
+def test_a_config_file_of_version_0_1_is_read_in_todays_keys(tmp_path):
+    old = write(tmp_path / "old.yaml", "model:\n  aggregate: none\n  anchors: 64\n  train_graph: anchors\n  k: 5\n")
+    cfg = build_config(StudentConfig, files=[old])
+    assert (cfg.model.arch, cfg.model.aggregate, cfg.model.k) == ("mlp", "sage", 5)
+    assert (cfg.bank.size, cfg.distill.train_graph) == (64, "anchors")
+
+
+def test_a_missing_required_key_is_named():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Needs:
+        size: int
+        name: str = "x"
+
+    with pytest.raises(ConfigError, match="missing config key 'sec.size'"):
+        from_dict(Needs, {}, prefix="sec.")

@@ -1,4 +1,4 @@
-"""Tests for the response-based distillation loss (METHOD.md section 4), against hand-computed values."""
+"""Tests for the response-based distillation loss (docs/method.md section 4), against hand-computed values."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests for the sparse graph head (METHOD.md section 2): support, row sums, invariances, gradients, small n."""
+"""Tests for the sparse graph head (docs/method.md section 2): support, row sums, invariances, gradients, small n."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Tests of the GNN student (METHOD.md sections 3 and 5): shapes and gradients for every aggregate, the anchors
+"""Tests of the GNN student (docs/method.md sections 3 and 5): shapes and gradients for every aggregate, the anchors
 policy's independence of batch order and size, a training image never being its own anchor, the save/load round
 trip of an anchor bank, tiny batches, and the whole teacher -> distill -> evaluate -> predict path on digits.
 """

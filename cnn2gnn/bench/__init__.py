@@ -1,4 +1,4 @@
-"""The benchmark of METHOD.md sections 6-7 (``cnn2gnn bench``): the teachers and every baseline trained on one split
+"""The benchmark of docs/method.md s. 6-7 (``cnn2gnn bench``): the teachers and every baseline trained on one split
 with the same seeds (finished runs reused, keyed by a hash of their config), accuracy under both inference policies,
 cost, sensitivity sweeps and the learned graph, written as ``report.md``, ``results.json`` and PNG figures.
 """

@@ -1,4 +1,4 @@
-"""The ``cnn2gnn bench`` command's pipeline (METHOD.md sections 6-7): train or reuse every run of a preset, evaluate
+"""The ``cnn2gnn bench`` command's pipeline (docs/method.md s. 6-7): train or reuse every run of a preset, evaluate
 them, aggregate over seeds, and write ``results.json``, ``report.md`` and the figures.
 """
 

@@ -1,4 +1,4 @@
-"""The benchmark's figures (METHOD.md sections 6-7), drawn from a ``results.json`` dict alone: training curves,
+"""The benchmark's figures (docs/method.md sections 6-7), drawn from a ``results.json`` dict alone: training curves,
 accuracy vs inference cost, vs test batch size, vs test-time k, each trained sweep, and the graph's homophily.
 """
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import plots
+from ..policy import POLICIES
 from .plan import METHOD, REFERENCE
 
 
@@ -71,7 +72,7 @@ def figures(results: dict, out: Path) -> dict[str, str]:
     log_x = {sw["name"]: sw["log_x"] for sw in results["preset_config"]["sweeps"]}
     for name, sw in results["sweeps"].items():
         names = [(p["value"], p["row"]) for p in sw["points"]]
-        series = {f"{p} policy": _points(results, names, p) for p in ("batch", "anchors")}
+        series = {f"{p} policy": _points(results, names, p) for p in POLICIES}
         figs[f"sweep_{name}"] = plots.plot_sweep(
             series,
             out / f"sweep_{name}.png",

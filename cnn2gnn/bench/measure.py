@@ -1,4 +1,4 @@
-"""Measurements of trained runs (METHOD.md sections 6-7): accuracy under each inference policy, FLOPs per image,
+"""Measurements of trained runs (docs/method.md sections 6-7): accuracy under each inference policy, FLOPs per image,
 images/s, accuracy vs test batch size and vs test-time k, and the anchors graph's homophily and picture.
 """
 
@@ -82,7 +82,7 @@ def evaluate_run(
 
 
 def acc_vs_test_batch_size(model, meta, bundle: DataBundle, preset: Preset, device) -> dict[str, dict[str, float]]:
-    """Batch-policy accuracy at each test batch size, on shuffled and on class-sorted batches (METHOD.md 5-6)."""
+    """Batch-policy accuracy at each test batch size, on shuffled and on class-sorted batches (docs/method.md 5-6)."""
     out = {}
     for b in preset.test_batch_sizes:
         # a batch of one is its own graph whatever the order: one pass, and sorting changes nothing

@@ -1,4 +1,4 @@
-"""What a preset trains (METHOD.md section 6): the rows (teachers, the baselines, CNN2GNN, sweep points), one job
+"""What a preset trains (docs/method.md section 6): the rows (teachers, the baselines, CNN2GNN, sweep points), one job
 per row and seed, and the config hash that names a run's folder so a finished run is reused.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from ..config import StudentConfig, TeacherConfig, build_config, to_dict
 from .presets import Preset
 
-# name -> (label, overrides, distilled): the baselines of METHOD.md section 6 and the method itself
+# name -> (label, overrides, distilled): the baselines of docs/method.md section 6 and the method itself
 STUDENTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "mlp-ce": ("MLP (same width), CE", ("model.arch=mlp",), False),
     "mlp-kd": ("MLP (same width), KD", ("model.arch=mlp",), True),

@@ -1,4 +1,4 @@
-"""The benchmark's budgets (METHOD.md sections 6-7): which teachers, seeds, epochs and sweeps ``cnn2gnn bench`` runs.
+"""The benchmark's budgets (docs/method.md s. 6-7): which teachers, seeds, epochs and sweeps ``cnn2gnn bench`` runs.
 
 A preset is a YAML file of :class:`Preset`'s keys, shipped in ``cnn2gnn/bench/presets/`` (tiny, quick, full, long)
 or the user's own (``--preset my.yaml``); ``base: NAME`` starts from another preset and replaces its top-level keys.
@@ -114,8 +114,6 @@ def load_preset(name_or_path: str | Path) -> Preset:
     try:
         return from_dict(Preset, data)
     except ConfigError as err:
-        raise ConfigError(f"preset {where}: {err}") from None
-    except TypeError as err:  # a required key missing: the dataclass's message names it
         raise ConfigError(f"preset {where}: {err}") from None
 
 

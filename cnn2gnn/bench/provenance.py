@@ -1,4 +1,4 @@
-"""Where the benchmark's numbers were measured (METHOD.md section 7): platform, cores, torch threads, load average
+"""Where the benchmark's numbers were measured (docs/method.md section 7): platform, cores, torch threads, load average
 and package versions, stated at the top of every report.
 """
 

@@ -1,4 +1,4 @@
-"""The benchmark's ``report.md`` (METHOD.md sections 6-7), rendered from a ``results.json`` dict alone: provenance,
+"""The benchmark's ``report.md`` (docs/method.md sections 6-7), rendered from a ``results.json`` dict alone: provenance,
 budgets, the accuracy and cost table, the targets of issue 4, test batch size, test-time k, sweeps, the graph.
 """
 

@@ -1,4 +1,4 @@
-"""The benchmark's runs (METHOD.md section 6): each job trained into ``OUT/runs/<row>-<config hash>-s<seed>``, or
+"""The benchmark's runs (docs/method.md section 6): each job trained into ``OUT/runs/<row>-<config hash>-s<seed>``, or
 reused when it finished before with the same config hash, or continued from its last checkpoint when interrupted.
 """
 

@@ -1,4 +1,4 @@
-"""Aggregation over training seeds (METHOD.md section 6): mean, std (sample, n - 1) and n of every measurement of a
+"""Aggregation over training seeds (docs/method.md section 6): mean, std (sample, n - 1) and n of every measurement of a
 row, per-epoch mean curves, and nested {x: {series: stats}} tables for the test batch size and test-time k.
 """
 

@@ -1,4 +1,4 @@
-"""CNN teachers (METHOD.md section 1): a small registry behind one interface, frozen by construction as teachers.
+"""CNN teachers (docs/method.md section 1): a small registry behind one interface, frozen by construction as teachers.
 
 CIFAR-style ResNets (He et al., "Deep Residual Learning", 2016, section 4.2: 6n+2 layers, widths w, 2w, 4w) that
 train on two CPU cores in minutes, and torchvision's ResNet-18..152 with a 3x3 stride-1 stem for small images.
