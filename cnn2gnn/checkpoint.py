@@ -8,6 +8,7 @@ tensors and numbers, loaded with ``torch.load(weights_only=True)``), made curren
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -101,6 +102,20 @@ def load_weights(path: str | Path, model: nn.Module, what: str = "", convert=Non
                 f"expected {tuple(tensor.shape)} (another architecture or class count?)"
             )
     model.load_state_dict(state)
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """A sha256 of a model folder's weights and description (what its outputs depend on), 16 hex digits."""
+    h = hashlib.sha256()
+    for name in (WEIGHTS, META):
+        path = Path(model_dir) / name
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as err:
+            raise CheckpointError(f"{path}: unreadable ({err.strerror or err})") from None
+    return h.hexdigest()[:16]
 
 
 def save_model_dir(out: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ T = TypeVar("T")
 # The choices of the config, checked when a config is built; the modules that implement them import these names.
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["onecycle", "cosine", "constant"]
+Keep = Literal["best", "last"]  # which epoch's weights a run saves
 StudentArch = Literal["gnn", "mlp"]  # the CNN2GNN student | the same-width MLP baseline
 Aggregate = Literal["sage", "gcn"]  # propagation rule of the graph layers (models/layers.py)
 GraphSpace = Literal["head", "proj", "pixels"]  # where the graph's distances are measured
@@ -83,10 +84,12 @@ class TeacherModelConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (must be available here)
     threads: int | None = None  # torch CPU threads; None = torch's default
     eval_batch_size: int = 512
     progress: bool = True  # progress bars
+    keep: Keep = "best"  # the saved model: best (epoch of the highest validation accuracy) | last (the last epoch)
+    keep_checkpoints: bool = False  # keep OUT/ckpt/ (optimizer state, per-epoch weights) after the run has finished
 
 
 @dataclass

@@ -5,8 +5,9 @@ folder's config.yaml and manifest.json, the fit loop with the config's schedule,
 from __future__ import annotations
 
 import platform
+import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,21 +18,74 @@ from torch import nn
 from . import __version__
 from .checkpoint import atomic_write_json, save_model_dir
 from .config import DataConfig, dump_yaml
-from .data import Augment, BatchIterator, DataBundle, Split, load_dataset
+from .data import Augment, BatchIterator, DataBundle, Split, load_dataset, resolve_root
 from .errors import UserError
 from .train import FitResult, Step, fit, make_scheduler
 
+RUN_FILES = ("model.safetensors", "meta.json", "config.yaml", "metrics.jsonl", "manifest.json", "summary.json")
+RUN_DIRS = ("ckpt", "cache")  # training state; a teacher's cached logits
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use here: ``cpu``, each ``cuda:N``, and ``mps`` where it exists."""
+    mps = getattr(torch.backends, "mps", None)
+    extra = ["mps"] if mps is not None and mps.is_available() else []
+    return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count())), *extra]
+
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (``auto``: the first GPU if there is one, else the CPU); one that is not there, or not a
+    device name at all, is a :class:`UserError` naming the devices that are."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    here = ", ".join(available_devices())
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' asked for, but CUDA is not available here")
+        raise UserError(f"unknown device '{name}' (available here: {here}; or auto)") from None
+    try:
+        torch.empty(0, device=device)
+    except Exception:  # noqa: BLE001 - torch raises RuntimeError, AssertionError... for a device it cannot use
+        raise UserError(f"device '{name}' is not available here (available: {here})") from None
     return device
+
+
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` already holds (part of) a training run."""
+    return any((out / f).exists() for f in (*RUN_FILES, *RUN_DIRS))
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to write a run over another unless asked: ``resume`` continues it, ``overwrite`` first removes it
+    (its run files only; anything else in the folder stays). A refusal leaves the folder untouched."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: continue the run in the folder, or replace it")
+    if not holds_run(out):
+        return
+    if overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(out / name, ignore_errors=True)
+        return
+    if not resume:
+        raise UserError(
+            f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it (or another --out)"
+        )
+    if (out / "summary.json").exists() and not (out / "ckpt" / "latest.json").exists():
+        raise UserError(f"{out} holds a finished run, nothing to resume: pass --overwrite to train it again")
+
+
+def absolute_paths(cfg: Any) -> Any:
+    """``cfg`` with its data root and teacher folder made absolute, so the saved config works from any folder."""
+    data = cfg.data
+    if data.root is not None:
+        data = replace(data, root=str(Path(data.root).expanduser().resolve()))
+    cfg = replace(cfg, data=data)
+    distill = getattr(cfg, "distill", None)
+    if distill is not None and distill.teacher:
+        cfg = replace(cfg, distill=replace(distill, teacher=str(Path(distill.teacher).expanduser().resolve())))
+    return cfg
 
 
 def build_data(d: DataConfig) -> DataBundle:
@@ -128,12 +182,15 @@ class Run:
     resume: bool
 
     @classmethod
-    def start(cls, cfg: Any, out: str | Path, *, resume: bool = False) -> Run:
+    def start(cls, cfg: Any, out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Run:
+        """Check the folder (see :func:`prepare_out`) and the device, seed torch, load the data."""
+        out = Path(out)
+        device = resolve_device(cfg.run.device)
+        prepare_out(out, resume=resume, overwrite=overwrite)
         torch.manual_seed(cfg.run.seed)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        device = resolve_device(cfg.run.device)
-        return cls(cfg, Path(out), device, build_data(cfg.data), resume)
+        return cls(absolute_paths(cfg), out, device, build_data(cfg.data), resume)
 
     def augment(self) -> Augment | None:
         d = self.cfg.data
@@ -175,28 +232,34 @@ class Run:
         train_batches: BatchIterator,
         evaluate,
         optimizer: torch.optim.Optimizer,
+        manifest: dict[str, Any] | None = None,
     ) -> tuple[FitResult, dict[str, Any]]:
         """Write the resolved config and the manifest into the run folder, then train with the config's schedule."""
         from .models.cnn import count_parameters
 
         self.out.mkdir(parents=True, exist_ok=True)
         dump_yaml(self.cfg, self.out / "config.yaml")
-        manifest = self.manifest({"parameters": count_parameters(model)})
+        manifest = self.manifest({"parameters": count_parameters(model), **(manifest or {})})
         atomic_write_json(self.out / "manifest.json", manifest)
         optim = self.cfg.optim
         scheduler = make_scheduler(optimizer, optim, optim.epochs * len(train_batches))
         result = fit(
             model, step, train_batches, evaluate, optimizer, scheduler,
             epochs=optim.epochs, run_dir=self.out, grad_clip=optim.grad_clip, resume=self.resume,
-            progress=self.cfg.run.progress,
+            progress=self.cfg.run.progress, keep=self.cfg.run.keep,
         )  # fmt: skip
         return result, manifest
 
     def save(self, model: nn.Module, meta: dict[str, Any]) -> None:
-        """The model folder: weights and description (the data's classes, shape and normalisation added)."""
-        save_model_dir(self.out, model.cpu(), {**meta, **data_meta(self.bundle)})
+        """The model folder: weights and description (the data's classes, shape, normalisation and root added)."""
+        d = self.cfg.data
+        root = str(resolve_root(d.name, d.root, download=d.download).resolve())
+        save_model_dir(self.out, model.cpu(), {**meta, **data_meta(self.bundle), "data_root": root})
         model.to(self.device).eval()
 
-    def summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Write ``summary.json``; remove ``ckpt/`` unless run.keep_checkpoints (the model folder is complete)."""
         atomic_write_json(self.out / "summary.json", summary)
+        if not self.cfg.run.keep_checkpoints:
+            shutil.rmtree(self.out / "ckpt", ignore_errors=True)
         return summary

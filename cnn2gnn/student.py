@@ -6,6 +6,7 @@ the same-width MLP). Built on the shared run set-up (run.py) and fit loop (train
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import policy
-from .checkpoint import atomic_write, load_model
+from .checkpoint import atomic_write, load_model, weights_sha256
 from .config import StudentConfig
 from .data import DataBundle
 from .distill import distillation_loss
@@ -50,12 +51,24 @@ def load_teacher(path: str, bundle: DataBundle, device: torch.device) -> tuple[F
     return FrozenTeacher(model), meta
 
 
+def logits_key(teacher_sha256: str, bundle: DataBundle) -> str:
+    """What the cached training-split logits depend on: the teacher's files, the training images and labels as
+    loaded (data, split, subset, size), and the input normalisation (the only transform: the cache is unaugmented)."""
+    h = hashlib.sha256(teacher_sha256.encode())
+    h.update(bundle.fingerprint.encode())
+    for t in (bundle.train.images, bundle.train.labels):
+        h.update(t.contiguous().numpy().tobytes())
+    h.update(repr((list(bundle.mean), list(bundle.std), "eval")).encode())
+    return h.hexdigest()[:20]
+
+
 def teacher_logits(
     teacher: FrozenTeacher, teacher_dir: str, bundle: DataBundle, batch_size: int, device: torch.device
 ) -> torch.Tensor:
-    """The teacher's logits on the unaugmented training split, cached in ``TEACHER/cache/`` by data fingerprint."""
-    key = f"train-logits-{bundle.fingerprint}-{len(bundle.train)}-{int(bundle.train.labels.sum())}.safetensors"
-    path = Path(teacher_dir) / "cache" / key
+    """The teacher's logits on the unaugmented training split, cached in ``TEACHER/cache/`` under
+    :func:`logits_key`: a changed teacher (retrained into the same folder) or other data never get old logits."""
+    key = logits_key(weights_sha256(teacher_dir), bundle)
+    path = Path(teacher_dir) / "cache" / f"train-logits-{key}.safetensors"
     if path.exists():
         try:
             logits = load_file(str(path))["logits"]
@@ -87,24 +100,30 @@ def build_student(cfg: StudentConfig, bundle: DataBundle) -> torch.nn.Module:
     return model
 
 
-def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Distil (or, without a teacher, train with CE) a student; writes the model folder ``out``."""
-    run = Run.start(cfg, out, resume=resume)
-    bundle, device = run.bundle, run.device
+def train_student(
+    cfg: StudentConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Distil (or, without a teacher, train with CE) a student; writes the model folder ``out``. The saved model is
+    the epoch of run.keep (the best validation accuracy by default); test accuracies are measured once, at the end.
+    """
+    run = Run.start(cfg, out, resume=resume, overwrite=overwrite)
+    cfg, bundle, device = run.cfg, run.bundle, run.device  # cfg with absolute paths
     model = build_student(cfg, bundle).to(device)
     policies = policy.supported(model)
     graph = cfg.distill.train_graph if policies else policy.NONE
     if policies and graph not in policies:
         raise UserError(f"distill.train_graph={graph} needs bank.size > 0")
 
-    teacher, cached = None, None
+    teacher, cached, provenance = None, None, {}
     if cfg.distill.teacher:
         teacher, _ = load_teacher(cfg.distill.teacher, bundle, device)
+        provenance = {"teacher": {"path": cfg.distill.teacher, "sha256": weights_sha256(cfg.distill.teacher)}}
         if cfg.distill.cache_logits and not cfg.data.augment:
             cached = teacher_logits(teacher, cfg.distill.teacher, bundle, cfg.run.eval_batch_size, device).to(device)
     forward = (lambda b: model(b.x)) if not policies else (lambda b: model(b.x, graph=graph, index=b.index))
     logged, _ = policy.resolve(model, graph if policies else None)  # the validation log uses the training graph
-    evals = run.eval_batches(seed=cfg.run.seed + 1000, shuffle=True)
+    eval_seed = cfg.run.seed + 1000
+    evals = run.eval_batches(seed=eval_seed, shuffle=True)
     alpha, temperature = cfg.distill.alpha, cfg.distill.temperature
 
     def step(batch) -> dict[str, torch.Tensor]:
@@ -113,29 +132,35 @@ def train_student(cfg: StudentConfig, out: str | Path, *, resume: bool = False) 
             t_logits = cached[batch.index] if cached is not None else teacher(batch.x)
         return distillation_loss(forward(batch), batch.y, t_logits, alpha=alpha, temperature=temperature)
 
-    def evaluate() -> dict[str, float]:
-        return {f"{name}_acc": accuracy(predict_logits(logged, b), b.labels) for name, b in evals.items()}
+    def evaluate() -> dict[str, float]:  # validation only: the test split is for the saved model, once
+        return {
+            f"{name}_acc": accuracy(predict_logits(logged, b), b.labels) for name, b in evals.items() if name == "val"
+        }
 
     optimizer = make_optimizer(model.parameters(), cfg.optim)
-    result, manifest = run.fit(model, step, run.train_batches(), evaluate, optimizer)
+    result, manifest = run.fit(model, step, run.train_batches(), evaluate, optimizer, manifest=provenance)
     bank = len(model.bank) if getattr(model, "bank", None) is not None else 0
     meta = {
         "kind": "student",
         "in_features": model.in_features,
         "train_graph": graph,
         "student": {"model": asdict(cfg.model), "bank": bank},
-        "distill": asdict(cfg.distill),
+        "distill": {**asdict(cfg.distill), **({"teacher_sha256": provenance["teacher"]["sha256"]} if teacher else {})},
     }
     run.save(model, meta)
     summary: dict[str, Any] = {
         "epochs": cfg.optim.epochs,
         "best_epoch": result.best_epoch,
+        "saved_epoch": result.saved_epoch,
+        "keep": cfg.run.keep,
         "seconds": round(result.seconds, 1),
         "parameters": manifest["parameters"],
         "train_graph": graph,
+        # how the logged val_acc was measured: `cnn2gnn evaluate --split val` with these options gives it again
+        "val_logged": {"policy": graph, "batch_size": cfg.run.eval_batch_size, "shuffle_seed": eval_seed},
     }
     for name in policies or (policy.NONE,):
         fn, _ = policy.resolve(model, None if name == policy.NONE else name)
         for split, b in evals.items():
             summary[f"{split}_acc_{name}"] = accuracy(predict_logits(fn, b), b.labels)
-    return run.summary(summary)
+    return run.finish(summary)

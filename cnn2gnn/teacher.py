@@ -16,9 +16,13 @@ from .run import Run, make_batches
 from .train import accuracy, make_optimizer, predict_logits
 
 
-def train_teacher(cfg: TeacherConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train a CNN teacher; writes model, config, metrics, manifest and summary into ``out``."""
-    run = Run.start(cfg, out, resume=resume)
+def train_teacher(
+    cfg: TeacherConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train a CNN teacher; writes model, config, metrics, manifest and summary into ``out``. The saved model is
+    the epoch of run.keep (the best validation accuracy by default); its test accuracy is measured once, at the end.
+    """
+    run = Run.start(cfg, out, resume=resume, overwrite=overwrite)
     bundle, device = run.bundle, run.device
     model = create_teacher(
         cfg.model.arch, bundle.num_classes, bundle.in_channels, max(bundle.image_size), cfg.model.width
@@ -29,20 +33,23 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, *, resume: bool = False) 
     def step(batch) -> dict[str, torch.Tensor]:
         return {"loss": F.cross_entropy(model(batch.x), batch.y, label_smoothing=smoothing)}
 
-    def evaluate() -> dict[str, float]:
-        return {f"{name}_acc": accuracy(predict_logits(model, b), b.labels) for name, b in evals.items()}
+    def scores(splits) -> dict[str, float]:
+        return {f"{name}_acc": accuracy(predict_logits(model, b), b.labels) for name, b in splits.items()}
 
     optimizer = make_optimizer(model.parameters(), cfg.optim)
-    result, manifest = run.fit(model, step, run.train_batches(), evaluate, optimizer)
+    val = {k: b for k, b in evals.items() if k == "val"}
+    result, manifest = run.fit(model, step, run.train_batches(), lambda: scores(val), optimizer)
     run.save(model, {"kind": "teacher", "arch": cfg.model.arch, "width": cfg.model.width})
-    last = result.history[-1] if result.history else {}
     train_eval = make_batches(bundle, bundle.train, cfg.run.eval_batch_size, device, train=False, seed=0)
-    return run.summary(
+    final = scores(evals)  # the saved model, once: the test split is never seen before this
+    return run.finish(
         {
             "train_acc": accuracy(predict_logits(model, train_eval), bundle.train.labels),
-            "val_acc": last.get("val_acc"),
-            "test_acc": last.get("test_acc"),
+            "val_acc": final.get("val_acc"),
+            "test_acc": final.get("test_acc"),
             "best_epoch": result.best_epoch,
+            "saved_epoch": result.saved_epoch,
+            "keep": cfg.run.keep,
             "epochs": cfg.optim.epochs,
             "seconds": round(result.seconds, 1),
             "parameters": manifest["parameters"],

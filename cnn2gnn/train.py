@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from .config import OptimConfig
 from .data import BatchIterator
 from .errors import TrainingDivergedError
@@ -70,7 +70,17 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 class FitResult:
     history: list[dict[str, Any]]  # one row per epoch, as written to metrics.jsonl
     best_epoch: int  # epoch with the highest validation accuracy (the last one without a validation split)
+    saved_epoch: int  # the epoch whose weights the model holds on return (best_epoch under keep=best)
     seconds: float  # wall time of this call (the epochs run now, not those before a resume)
+
+
+BEST = "best.safetensors"  # in run_dir/ckpt: the weights of the best epoch so far
+
+
+def best_epoch(history: list[dict[str, Any]], select: str) -> int:
+    """The first epoch with the highest ``select`` score; the last epoch when no row has one (no validation split)."""
+    scored = [r for r in history if not math.isnan(r.get(select, math.nan))]
+    return max(scored, key=lambda r: r[select])["epoch"] if scored else (history[-1]["epoch"] if history else -1)
 
 
 def train_one_epoch(
@@ -165,17 +175,21 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     select: str = "val_acc",
+    keep: str = "best",
 ) -> FitResult:
-    """Train for ``epochs``: each epoch is :func:`train_one_epoch`, then ``evaluate()`` (named scores), a line in
-    ``run_dir/metrics.jsonl`` and a checkpoint in ``run_dir/ckpt``.
+    """Train for ``epochs``: each epoch is :func:`train_one_epoch`, then ``evaluate()`` (validation scores only:
+    the test split is for the saved model, once, never for choosing), a line in ``run_dir/metrics.jsonl`` and a
+    checkpoint in ``run_dir/ckpt``. The weights of the epoch with the best ``select`` score are kept in
+    ``ckpt/best.safetensors``; with ``keep="best"`` the model holds them on return, with ``"last"`` the last epoch's.
 
     With ``resume`` the run continues after the last complete checkpoint; on CPU with a fixed seed it ends with the
     same weights as an uninterrupted run (batch order and augmentation depend only on the seed and the epoch, and
     the RNG state is restored). The checkpoints of the finished epochs survive a diverged or interrupted run.
     """
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path, best_path = run_dir / "metrics.jsonl", run_dir / "ckpt" / BEST
     start = _resume(run_dir, model, optimizer, scheduler) if resume else 0
     history = _read_metrics(metrics_path, start - 1)
+    best = best_epoch(history, select)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter()
@@ -193,10 +207,15 @@ def fit(
         history.append(row)
         with open(metrics_path, "a") as f:  # before the checkpoint: a resume drops rows past it, never misses one
             f.write(json.dumps(row) + "\n")
+        if best_epoch(history, select) == epoch:  # a new best (or no validation split): its weights, before the
+            best = epoch  # checkpoint that makes the epoch count as done
+            save_weights(best_path, model)
         _checkpoint(run_dir, epoch, model, optimizer, scheduler)
         if progress:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss")))
             tqdm.write(f"epoch {epoch + 1}/{epochs}  {shown}  ({seconds:.1f}s)")
-    scored = [r for r in history if not math.isnan(r.get(select, math.nan))]
-    best = max(scored, key=lambda r: r[select])["epoch"] if scored else len(history) - 1
-    return FitResult(history, best, time.perf_counter() - t_start)
+    saved = history[-1]["epoch"] if history else -1
+    if keep == "best" and best != saved and best >= 0:
+        load_weights(best_path, model, what=f"the best epoch ({best + 1})")
+        saved = best
+    return FitResult(history, best, saved, time.perf_counter() - t_start)

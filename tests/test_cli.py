@@ -121,9 +121,13 @@ def test_teacher_run_folder(teacher_run):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1
     assert rows[0]["epoch"] == 0
-    for key in ("val_acc", "test_acc", "train_loss", "lr"):
+    for key in ("val_acc", "train_loss", "lr"):
         assert key in rows[0]
-    assert 0.0 <= rows[0]["val_acc"] <= 1.0 and 0.0 <= rows[0]["test_acc"] <= 1.0
+    assert "test_acc" not in rows[0]  # the test split is for the saved model, once (summary.json)
+    assert 0.0 <= rows[0]["val_acc"] <= 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["saved_epoch"] == 0 and summary["keep"] == "best"
+    assert not (out / "ckpt").exists()  # removed when the run finished
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0
@@ -157,8 +161,10 @@ def test_rerun_from_written_config(teacher_run, tmp_path, capsys):
     # same config, same seed, same thread count: the same numbers, in-process or not
     first = json.loads((out / "metrics.jsonl").read_text())
     second = json.loads((again / "metrics.jsonl").read_text())
-    for key in ("train_loss", "val_acc", "test_acc"):
+    for key in ("train_loss", "val_acc"):
         assert first[key] == second[key], key
+    first, second = (json.loads((d / "summary.json").read_text()) for d in (out, again))
+    assert first["test_acc"] == second["test_acc"]
 
 
 # ------------------------------------------------------------------------------------------- user errors

@@ -246,7 +246,7 @@ def test_a_nan_in_the_second_epoch_names_it_and_keeps_the_first(tmp_path, monkey
     assert latest_epoch(tmp_path / "s") == 0  # the finished epoch is kept
     assert [r["epoch"] for r in metrics(tmp_path / "s")] == [0]
     with pytest.raises(TrainingDivergedError):
-        run_cli(*args, "--debug")
+        run_cli(*args, "--overwrite", "--debug")
     assert issubclass(TrainingDivergedError, UserError)
 
 

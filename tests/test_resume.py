@@ -65,11 +65,7 @@ def test_killed_run_resumes_to_the_same_weights(straight, tmp_path):
     rows = metrics(out)
     assert [r["epoch"] for r in rows] == list(range(EPOCHS))
     assert without_timing(rows) == without_timing(metrics(straight))
-    assert sorted(p.name for p in (out / "ckpt").iterdir()) == [
-        f"epoch{EPOCHS - 1:04d}.safetensors",
-        f"epoch{EPOCHS - 1:04d}.state.pt",
-        "latest.json",
-    ]
+    assert not (out / "ckpt").exists()  # a finished run keeps its model folder, not its training state
 
 
 @pytest.mark.slow
@@ -112,18 +108,36 @@ def test_interrupted_while_writing_a_checkpoint(straight, tmp_path, monkeypatch)
     assert_same_weights(straight, out)
 
 
-@pytest.mark.slow
-def test_resume_of_a_finished_run_changes_nothing(straight, tmp_path):
-    out = tmp_path / "copy"
+def _copy(src: Path, out: Path) -> dict[str, bytes]:
     out.mkdir()
-    for path in straight.rglob("*"):
+    for path in src.rglob("*"):
         if path.is_file():
-            target = out / path.relative_to(straight)
+            target = out / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
-    assert run(out, "--resume") == 0
-    assert_same_weights(straight, out)
-    assert metrics(out) == metrics(straight)
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_is_refused_and_changes_nothing(straight, tmp_path, capsys):
+    out = tmp_path / "copy"
+    before = _copy(straight, out)
+    assert run(out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "finished run" in err and "--overwrite" in err
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_with_kept_checkpoints_changes_nothing(tmp_path):
+    kept = tmp_path / "kept"
+    assert run(kept, "--keep-checkpoints") == 0
+    assert (kept / "ckpt" / "latest.json").is_file()
+    out = tmp_path / "copy"
+    _copy(kept, out)
+    assert run(out, "--resume", "--keep-checkpoints") == 0
+    assert_same_weights(kept, out)
+    assert metrics(out) == metrics(kept)
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def run_job(job: Job, cfg, folder: Path, key: str) -> tuple[dict[str, Any], bool
     resume = (folder / "ckpt" / "latest.json").is_file()
     t0 = time.perf_counter()
     train = train_teacher if job.kind == "teacher" else train_student
-    summary = train(cfg, folder, resume=resume)
+    summary = train(cfg, folder, resume=resume, overwrite=not resume)  # a stale or partial run is replaced
     wall = time.perf_counter() - t0
     atomic_write_json(stamp, {"config_hash": key, "job": asdict(job), "wall_seconds": round(wall, 2)})
     return summary, False, wall

@@ -43,7 +43,8 @@ def aggregate(row: Row) -> dict[str, Any]:
         "train_seconds": stats([r["wall"] for r in runs]),
         "best_epoch": stats([r["best"]["epoch"] + 1 for r in runs]),
         "val_acc_best": stats([r["best"]["val_acc"] for r in runs]),
-        "test_acc_best_epoch": stats([r["best"].get("test_acc", float("nan")) for r in runs]),
+        # the saved model's epoch (1-based): the best-val epoch under run.keep=best; runs of 0.1 saved the last
+        "saved_epoch": stats([r["summary"].get("saved_epoch", len(r["metrics"]) - 1) + 1 for r in runs]),
         "val_acc_last": stats([r["metrics"][-1].get("val_acc", float("nan")) for r in runs]),
         "logged_policy": runs[0]["logged_policy"],
         "curve_val": mean_curve([[m.get("val_acc", float("nan")) for m in r["metrics"]] for r in runs]),

@@ -5,6 +5,7 @@ int64 numpy ``(N,)`` and the class names. No torch, no downloading; every format
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import pickle
 import warnings
@@ -108,14 +109,53 @@ _CIFAR_LAYOUTS = {
 }
 
 
+def _numpy_globals() -> dict[str, object]:
+    """The numpy functions that array and scalar pickles name, taken from the running numpy itself (numpy 1 files
+    name them under ``numpy.core``, numpy 2 files under ``numpy._core``; both resolve to these)."""
+    array = np.zeros(1, dtype=np.uint8)
+    return {
+        "_reconstruct": array.__reduce__()[0],  # an array at protocols 0-4
+        "_frombuffer": array.__reduce_ex__(5)[0],  # an array at protocol 5
+        "scalar": np.uint8(0).__reduce__()[0],  # a numpy scalar
+    }
+
+
+_NUMPY = _numpy_globals()
+_SAFE_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # bytes in protocol 0-2 pickles written by Python 3
+    **{(f"numpy.{core}.multiarray", n): _NUMPY[n] for core in ("core", "_core") for n in ("_reconstruct", "scalar")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _NUMPY["_frombuffer"] for core in ("core", "_core")},
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and numpy arrays and scalars; refuses every other global
+    (a pickle that names ``builtins.open`` or ``os.system`` would otherwise call it)."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")  # the real files are Python 2 pickles of byte strings
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise DataError(
+                f"{self.path}: refused to load '{module}.{name}' (a CIFAR file holds only arrays, lists and strings)"
+            )
+        return _SAFE_GLOBALS[module, name]
+
+
 def _unpickle(path: Path) -> dict:
-    # The CIFAR python files are pickles by format; we only unpickle the standard dataset files the user pointed
-    # us at (or that torchvision downloaded), never data from an untrusted source.
+    # The CIFAR python files are pickles by format; a data root may hold files from anywhere, so only the globals
+    # that arrays need are admitted (_ArrayUnpickler): a file that would run code is refused, never executed.
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _ArrayUnpickler(f, path).load()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except DataError:
+        raise
     except Exception as e:  # a corrupt pickle can raise nearly anything (UnpicklingError, EOFError, ValueError...)
         raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
