@@ -245,3 +245,12 @@ def test_the_teacher_hash_changes_with_the_weights(teacher, tmp_path):
     assert before == weights_sha256(teacher) and len(before) == 16 and state
     (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:-1] + b"\0")
     assert weights_sha256(folder) != before
+
+
+def test_bench_rerun_without_data_root_reads_the_root_it_used_before(tmp_path):
+    from cnn2gnn.bench.core import previous_root
+
+    assert previous_root(tmp_path, "imagefolder") is None
+    (tmp_path / "results.json").write_text(json.dumps({"data": {"name": "imagefolder", "root": "/data/pets"}}))
+    assert previous_root(tmp_path, "imagefolder") == "/data/pets"
+    assert previous_root(tmp_path, "cifar10") is None  # another dataset: its own default

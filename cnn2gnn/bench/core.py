@@ -4,6 +4,7 @@ them, aggregate over seeds, and write ``results.json``, ``report.md`` and the fi
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_json, atomic_write_text
 from ..config import StudentConfig, TeacherConfig, build_config, to_dict
+from ..data import resolve_root
 from ..errors import UserError
 from ..run import build_data, data_summary, resolve_device
 from .figures import figures
@@ -45,6 +47,8 @@ def run_bench(
     write ``out/report.md``, ``out/results.json`` and ``out/*.png``; returns the results. ``threads`` sets torch's
     CPU threads for the whole benchmark (None: torch's default, one per core)."""
     preset = load_preset(preset_name)
+    if data_root is None:
+        data_root = previous_root(Path(out), data)
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
     # the command's data and run options, on top of which every job sets its own
@@ -65,6 +69,16 @@ def run_bench(
         torch.set_num_threads(before)
 
 
+def previous_root(out: Path, data: str) -> str | None:
+    """The data root an earlier bench of ``data`` into ``out`` used (from its results.json), so a rerun without
+    ``--data-root`` reads the same files; None when there is none."""
+    try:
+        earlier = json.loads((out / "results.json").read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return earlier.get("root") if earlier.get("name") == data else None
+
+
 def _bench(
     preset_name: str, preset: Preset, out: Path, common: list[str], command: str, progress: bool
 ) -> dict[str, Any]:
@@ -72,7 +86,8 @@ def _bench(
     where = machine()
     data_cfg = build_config(TeacherConfig, overrides=common)
     dev = resolve_device(data_cfg.run.device)
-    bundle = build_data(data_cfg.data)
+    d = data_cfg.data
+    bundle = build_data(d)
 
     rows, sweeps = plan_rows(preset)
     log = train_jobs(preset, rows, common, bundle.fingerprint, out, progress)
@@ -104,6 +119,9 @@ def _bench(
         "preset_config": asdict(preset),
         "data": {
             **data_summary(bundle),
+            "root": str(
+                resolve_root(data_cfg.data.name, data_cfg.data.root, download=data_cfg.data.download).resolve()
+            ),
             "limit_train": data_cfg.data.limit_train,
             "limit_test": data_cfg.data.limit_test,
         },
