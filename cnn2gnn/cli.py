@@ -162,6 +162,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ("--data-root", args.data_root),
         ("--limit-train", args.limit_train),
         ("--limit-test", args.limit_test),
+        ("--labels-per-class", args.labels_per_class),
+        ("--label-noise", args.label_noise),
     ):
         if value is not None:
             argv += [flag, str(value)]
@@ -175,6 +177,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         download=args.download,
         limit_train=args.limit_train,
         limit_test=args.limit_test,
+        labels_per_class=args.labels_per_class,
+        label_noise=args.label_noise,
         device=args.device,
         threads=args.threads,
         command=shlex.join(argv),

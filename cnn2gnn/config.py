@@ -59,6 +59,9 @@ class DataConfig:
     augment: bool = False  # random shifts (and flips) at training time; helps long schedules, not 5-epoch ones
     pad: int = 2  # random translation of up to `pad` pixels
     hflip: bool = True  # random horizontal flips
+    labels_per_class: int | None = None  # keep N labels per class (train and val); the other training images stay,
+    #                                      unlabelled, for distillation and as anchors (data/regimes.py)
+    label_noise: float = 0.0  # flip this fraction of the training and validation labels to another class (test clean)
 
 
 @dataclass

@@ -64,7 +64,8 @@ def distillation_loss(
         raise ValueError(
             f"{name}: targets must be ({student_logits.shape[0]},) class indices, got {tuple(targets.shape)}"
         )
-    ce = F.cross_entropy(student_logits, targets)
+    # unlabelled samples (target -1, the few-label regime) count in the KD term only; no sync on the host
+    ce = F.cross_entropy(student_logits, targets, ignore_index=-1, reduction="sum") / (targets >= 0).sum().clamp_min(1)
     if teacher_logits is None:
         kd = torch.zeros((), dtype=ce.dtype, device=ce.device)
         return {"loss": ce, "ce": ce, "kd": kd}

@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "         size, distance space, detached graph and self-loop, 3 seeds each (about an hour on 2 CPU cores)\n"
         "  long   full's rows and sweeps with resnet8 15 + resnet20 30 epochs (3 teacher seeds) and 30 student\n"
         "         epochs (many hours on a CPU; meant for a GPU)\n"
+        "  regimes  for --labels-per-class / --label-noise: one resnet8 teacher, the baselines, CNN2GNN and two graph\n"
+        "         variants (zero-initialised neighbour weights, anchor labels as messages), 3 seeds (~15 min)\n"
         "  FILE.yaml  your own preset: the keys of cnn2gnn.bench.Preset; 'base: quick' starts from a shipped\n"
         "         preset and the file's top-level keys replace its keys (unknown keys and wrong types are errors)\n"
         "examples:\n"
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="quick",
         metavar="NAME|FILE.yaml",
-        help="budget: tiny | quick | full | long, or a preset YAML file (default quick)",
+        help="budget: tiny | quick | full | long | regimes, or a preset YAML file (default quick)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for runs/, report.md, results.json, *.png")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -180,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="torch CPU threads for training and timing (default: one per core); use 1 when other jobs share the "
         "cores: oversubscribed threads make small matmuls 10-100x slower",
+    )
+    p.add_argument(
+        "--labels-per-class",
+        type=int,
+        metavar="N",
+        help="regime: only N labelled training (and validation) images per class; teachers train on those, students "
+        "get CE on them and the teacher's soft targets on every training image (data.labels_per_class)",
+    )
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        metavar="P",
+        help="regime: a seeded fraction P of training and validation labels flipped to another class; the test split "
+        "stays clean (data.label_noise)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")

@@ -19,6 +19,7 @@ from . import __version__
 from .checkpoint import atomic_write_json, save_model_dir
 from .config import DataConfig, dump_yaml
 from .data import Augment, BatchIterator, DataBundle, Split, load_dataset, resolve_root
+from .data.regimes import apply_regime
 from .errors import UserError
 from .train import FitResult, Step, fit, make_scheduler
 
@@ -89,8 +90,8 @@ def absolute_paths(cfg: Any) -> Any:
 
 
 def build_data(d: DataConfig) -> DataBundle:
-    """The dataset and its splits as the data section of a config describes them."""
-    return load_dataset(
+    """The dataset and its splits as the data section of a config describes them, under its label regime."""
+    bundle = load_dataset(
         d.name,
         d.root,
         val_fraction=d.val_fraction,
@@ -100,6 +101,7 @@ def build_data(d: DataConfig) -> DataBundle:
         image_size=d.image_size,
         download=d.download,
     )
+    return apply_regime(bundle, d.labels_per_class, d.label_noise, d.split_seed)
 
 
 def make_batches(
@@ -196,10 +198,11 @@ class Run:
         d = self.cfg.data
         return Augment(d.pad, d.hflip) if d.augment else None
 
-    def train_batches(self) -> BatchIterator:
-        """The training split in seeded, shuffled (and, with data.augment, augmented) batches of optim.batch_size."""
+    def train_batches(self, split: Split | None = None) -> BatchIterator:
+        """The training split (or ``split``) in seeded, shuffled (with data.augment, augmented) batches of
+        optim.batch_size."""
         return make_batches(
-            self.bundle, self.bundle.train, self.cfg.optim.batch_size, self.device,
+            self.bundle, self.bundle.train if split is None else split, self.cfg.optim.batch_size, self.device,
             train=True, seed=self.cfg.run.seed, augment=self.augment(),
         )  # fmt: skip
 
@@ -254,7 +257,8 @@ class Run:
         """The model folder: weights and description (the data's classes, shape, normalisation and root added)."""
         d = self.cfg.data
         root = str(resolve_root(d.name, d.root, download=d.download).resolve())
-        save_model_dir(self.out, model.cpu(), {**meta, **data_meta(self.bundle), "data_root": root})
+        regime = {"labels_per_class": d.labels_per_class, "label_noise": d.label_noise}
+        save_model_dir(self.out, model.cpu(), {**meta, **data_meta(self.bundle), "data_root": root, "regime": regime})
         model.to(self.device).eval()
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:

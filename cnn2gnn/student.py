@@ -27,8 +27,11 @@ from .train import accuracy, make_optimizer, predict_logits
 
 
 def stratified_anchors(labels: torch.Tensor, m: int, seed: int) -> torch.Tensor:
-    """Positions of ``m`` training samples with (close to) equal numbers per class, chosen by ``seed``."""
+    """Positions of ``m`` training samples with (close to) equal numbers per class, chosen by ``seed``; a split with
+    unlabelled samples (label -1, few labels) gets ``m`` drawn uniformly, so the bank never uses hidden labels."""
     g = torch.Generator().manual_seed(seed)
+    if bool((labels < 0).any()):
+        return torch.randperm(len(labels), generator=g)[:m].sort().values
     classes = labels.unique()
     per = [torch.nonzero(labels == c).flatten() for c in classes]
     per = [idx[torch.randperm(len(idx), generator=g)] for idx in per]

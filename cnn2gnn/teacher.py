@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TeacherConfig
+from .data.regimes import labelled
 from .models.cnn import create_teacher
 from .run import Run, make_batches
 from .train import accuracy, make_optimizer, predict_logits
@@ -38,13 +39,16 @@ def train_teacher(
 
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     val = {k: b for k, b in evals.items() if k == "val"}
-    result, manifest = run.fit(model, step, run.train_batches(), lambda: scores(val), optimizer)
+    # few labels: the labelled images only, repeated to the split's size (as many steps as with every label)
+    train = labelled(bundle.train, size=len(bundle.train))
+    result, manifest = run.fit(model, step, run.train_batches(train), lambda: scores(val), optimizer)
     run.save(model, {"kind": "teacher", "arch": cfg.model.arch, "width": cfg.model.width})
-    train_eval = make_batches(bundle, bundle.train, cfg.run.eval_batch_size, device, train=False, seed=0)
+    seen = labelled(bundle.train)
+    train_eval = make_batches(bundle, seen, cfg.run.eval_batch_size, device, train=False, seed=0)
     final = scores(evals)  # the saved model, once: the test split is never seen before this
     return run.finish(
         {
-            "train_acc": accuracy(predict_logits(model, train_eval), bundle.train.labels),
+            "train_acc": accuracy(predict_logits(model, train_eval), seen.labels),
             "val_acc": final.get("val_acc"),
             "test_acc": final.get("test_acc"),
             "best_epoch": result.best_epoch,

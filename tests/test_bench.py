@@ -38,7 +38,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 
 
 def test_presets_are_the_shipped_yaml_files_frozen_and_hashable():
-    assert preset_names() == ["full", "long", "quick", "tiny"]
+    assert preset_names() == ["full", "long", "quick", "regimes", "tiny"]
     assert list(PRESETS) == preset_names()
     for name, preset in PRESETS.items():
         assert preset == load_preset(name)
@@ -88,7 +88,7 @@ def test_preset_file_errors_name_the_key_and_the_file(tmp_path, text, message):
 
 
 def test_unknown_preset_name_lists_the_known_ones():
-    with pytest.raises(UserError, match=r"unknown preset 'huge' \(known: full, long, quick, tiny; or a path"):
+    with pytest.raises(UserError, match=r"unknown preset 'huge' \(known: full, long, quick, regimes, tiny; or a path"):
         load_preset("huge")
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_preset("no-such-file.yaml")
@@ -175,7 +175,7 @@ def stored_results():
 def test_report_renders_from_stored_results(stored_results):
     text = report(stored_results)
     lines = text.splitlines()
-    assert lines[0] == "# cnn2gnn bench: digits, preset `tiny`"
+    assert lines[0] == "# cnn2gnn bench: digits, preset `tiny`, every label, clean"
     assert "- command: `cnn2gnn bench --data digits --preset tiny --out /tmp/benchtiny --threads 1`" in lines
     assert "- every student distils the same teacher: teacher-resnet8 seed 0" in lines
     rows = stored_results["rows"]
@@ -332,7 +332,7 @@ def test_unknown_preset_is_a_user_error(capsys, tmp_path):
     out = tmp_path / "out"
     assert cli.main(["bench", "--data", "digits", "--preset", "huge", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown preset 'huge' (known: full, long, quick, tiny" in err
+    assert err.count("\n") == 1 and "unknown preset 'huge' (known: full, long, quick, regimes, tiny" in err
     assert not out.exists()
 
 

@@ -38,6 +38,8 @@ def run_bench(
     download: bool = False,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    labels_per_class: int | None = None,
+    label_noise: float | None = None,
     device: str = "auto",
     threads: int | None = None,
     command: str = "",
@@ -53,7 +55,8 @@ def run_bench(
         raise UserError(f"--threads must be >= 1, got {threads}")
     # the command's data and run options, on top of which every job sets its own
     common = [f"data.name={override_value(data)}", "run.progress=false", f"run.device={override_value(device)}"]
-    for key, value in (("root", data_root), ("limit_train", limit_train), ("limit_test", limit_test)):
+    regime = (("labels_per_class", labels_per_class), ("label_noise", label_noise))
+    for key, value in (("root", data_root), ("limit_train", limit_train), ("limit_test", limit_test), *regime):
         if value is not None:
             common.append(f"data.{key}={override_value(value)}")
     if download:
@@ -124,6 +127,8 @@ def _bench(
             ),
             "limit_train": data_cfg.data.limit_train,
             "limit_test": data_cfg.data.limit_test,
+            "labels_per_class": d.labels_per_class,
+            "label_noise": d.label_noise,
         },
         "distiller": f"teacher-{preset.teachers[0].arch} seed {preset.teacher_seeds[0]}",
         "student_config": to_dict(build_config(StudentConfig, overrides=[*common, *rows[METHOD].overrides])),

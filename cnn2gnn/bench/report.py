@@ -69,6 +69,16 @@ def targets(results: dict) -> list[str]:
     ]
 
 
+def regime_name(data: dict) -> str:
+    """The label regime of a results.json's data, in words: every label, N per class, P noisy."""
+    parts = []
+    if data.get("labels_per_class"):
+        parts.append(f"{data['labels_per_class']} labels per class")
+    if data.get("label_noise"):
+        parts.append(f"{100 * data['label_noise']:g}% of labels flipped (test clean)")
+    return ", ".join(parts) or "every label, clean"
+
+
 def report(results: dict) -> str:
     """The markdown report: provenance, budgets, the accuracy and cost table, sweeps, the learned graph."""
     m, d, p = results["machine"], results["data"], results["preset_config"]
@@ -81,7 +91,7 @@ def report(results: dict) -> str:
         for t in p["teachers"]
     )
     lines = [
-        f"# cnn2gnn bench: {d['name']}, preset `{results['preset']}`",
+        f"# cnn2gnn bench: {d['name']}, preset `{results['preset']}`, {regime_name(d)}",
         "",
         f"- command: `{results['command']}`",
         f"- date: {results['date']}",

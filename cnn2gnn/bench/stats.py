@@ -54,6 +54,9 @@ def aggregate(row: Row) -> dict[str, Any]:
         out["anchors"] = runs[0]["eval"]["anchors"]
     for policy, first in runs[0]["eval"]["policies"].items():
         entry = {"test_acc": stats([r["eval"]["policies"][policy]["test_acc"] for r in runs])}
+        val = [r["summary"].get(f"val_acc_{policy}", r["summary"].get("val_acc")) for r in runs]
+        if all(v is not None for v in val):  # the saved model's validation accuracy under this policy
+            entry["val_acc"] = stats(val)
         if "class_sorted_acc" in first:
             entry["class_sorted_acc"] = stats([r["eval"]["policies"][policy]["class_sorted_acc"] for r in runs])
         for key in ("flops_per_image", "images_per_s"):

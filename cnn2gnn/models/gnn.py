@@ -175,7 +175,9 @@ class GNNStudent(nn.Module):
             ha = self.drop(torch.relu(self.conv1(xa, edges, msg1)))
             msg2 = self.conv2.message(ha)
             if self.label_gain is not None:
-                onehot = nn.functional.one_hot(self.bank.labels, self.num_classes).to(msg2)
+                known = self.bank.labels >= 0  # an unlabelled anchor (few-label regime) sends no label
+                onehot = nn.functional.one_hot(self.bank.labels.clamp_min(0), self.num_classes) * known[:, None]
+                onehot = onehot.to(msg2)
                 msg2 = msg2 + self.label_gain(onehot)
             return {"v": va, "msg1": msg1, "msg2": msg2}
 
