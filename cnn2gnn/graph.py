@@ -86,6 +86,7 @@ def sparse_neighbours(
     *,
     exclude_self: bool = False,
     mask: Tensor | None = None,
+    max_masked: int | None = None,
     eps: float = 1e-12,
 ) -> tuple[Tensor, Tensor]:
     r"""Row-stochastic sparse graph with the closed form of "adaptive neighbours" (docs/method.md section 2).
@@ -118,6 +119,10 @@ def sparse_neighbours(
         exclude_self: mask the diagonal so a node is not its own neighbour (``dist`` must be square).
         mask: bool, shape of ``dist``; ``True`` marks pairs that may not be edges (e.g. an image and its own copy
             in an anchor bank).
+        max_masked: at most this many pairs of any row are ``True`` in ``mask``: then :math:`c = m - ` ``max_masked``
+            (less one with ``exclude_self``) is known from the shapes, without reading the mask, so the call has no
+            data-dependent host synchronisation (as ``exclude_self`` alone, or no mask, never has). Without it a
+            ``mask`` is read once on the host to count the candidates.
         eps: rows with a denominator at or below ``eps`` fall back to uniform weights.
 
     Shapes:
@@ -127,11 +132,11 @@ def sparse_neighbours(
           form lets a node aggregate its neighbours with a gather of :math:`k'` rows instead of a dense
           :math:`(n, m)` product; :func:`sparse_graph` scatters it into the dense matrix.
     """
-    return _adaptive_neighbours("sparse_neighbours", dist, k, exclude_self, mask, eps)
+    return _adaptive_neighbours("sparse_neighbours", dist, k, exclude_self, mask, eps, max_masked)
 
 
 def _adaptive_neighbours(
-    owner: str, dist: Tensor, k: int, exclude_self: bool, mask: Tensor | None, eps: float
+    owner: str, dist: Tensor, k: int, exclude_self: bool, mask: Tensor | None, eps: float, max_masked: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """:func:`sparse_neighbours`, with error messages naming ``owner`` (the public function called)."""
     _check_matrix(owner, "dist", dist)
@@ -141,15 +146,16 @@ def _adaptive_neighbours(
         raise ValueError(f"{owner}: exclude_self=True needs a square dist, got {tuple(dist.shape)}")
     if mask is not None and mask.shape != dist.shape:
         raise ValueError(f"{owner}: mask must have the shape of dist {tuple(dist.shape)}, got {tuple(mask.shape)}")
-    if exclude_self:
-        eye = torch.eye(n, dtype=torch.bool, device=dist.device)
-        mask = eye if mask is None else mask | eye
+    candidates = m - int(exclude_self)
     if mask is not None:
         dist = dist.masked_fill(mask, float("inf"))
-        # the row with the fewest allowed pairs bounds k (e.g. a bank holding the query's own image)
-        candidates = int((~mask).sum(dim=1).min()) if n else m
-    else:
-        candidates = m
+        if max_masked is not None:  # known from the shapes: no host synchronisation
+            candidates -= max_masked
+        elif n:  # the row with the fewest allowed pairs bounds k (e.g. a bank holding the query's own image)
+            blocked = mask | _eye(n, dist.device) if exclude_self else mask
+            candidates = int((~blocked).sum(dim=1).min())
+    if exclude_self:
+        dist = dist.masked_fill(_eye(n, dist.device), float("inf"))
     if candidates <= 0:
         raise ValueError(f"{owner}: no candidate neighbours (dist {tuple(dist.shape)}, exclude_self={exclude_self})")
     if candidates == 1:
@@ -164,6 +170,10 @@ def _adaptive_neighbours(
     ok = denom > eps
     weights = torch.where(ok, gaps / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(gaps, 1.0 / k))
     return weights, index[:, :k]
+
+
+def _eye(n: int, device) -> Tensor:
+    return torch.eye(n, dtype=torch.bool, device=device)
 
 
 def sparse_graph(
@@ -306,12 +316,14 @@ class SparseGraphLearner(nn.Module):
         *,
         anchors_sq: Tensor | None = None,
         sparse: bool = False,
+        max_excluded: int | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Build the graph. Anchors mode only: ``exclude`` (bool, (n, m)) marks pairs that may not be edges, e.g. a
-        training image and its own copy in the anchor bank; ``anchors_sq`` (m,) are the anchors' precomputed squared
-        norms (a fixed bank needs them once); ``sparse=True`` returns the graph as ``(weights, index)``, each
-        (n, k), from :func:`sparse_neighbours`, so that a node can gather its k anchors instead of multiplying by a
-        dense (n, m) matrix."""
+        training image and its own copy in the anchor bank (``max_excluded``: at most that many per row, which
+        spares a host synchronisation, see :func:`sparse_neighbours`); ``anchors_sq`` (m,) are the anchors'
+        precomputed squared norms (a fixed bank needs them once); ``sparse=True`` returns the graph as
+        ``(weights, index)``, each (n, k), from :func:`sparse_neighbours`, so that a node can gather its k anchors
+        instead of multiplying by a dense (n, m) matrix."""
         name = type(self).__name__
         _check_matrix(name, "v", v)
         if self.detach:
@@ -324,7 +336,7 @@ class SparseGraphLearner(nn.Module):
                 raise ValueError(f"{name}: anchors is empty, got {tuple(anchors.shape)}")
             dist = pairwise_sq_dists(v, anchors, y_sq=anchors_sq)
             if sparse:
-                return sparse_neighbours(dist, self.k, mask=exclude)
+                return sparse_neighbours(dist, self.k, mask=exclude, max_masked=max_excluded)
             return sparse_graph(dist, self.k, mask=exclude)
         if sparse:
             raise ValueError(f"{name}: sparse=True needs anchors (the batch graph is symmetrised and normalised)")

@@ -227,3 +227,17 @@ def test_the_learner_returns_the_anchor_graph_sparse_or_dense():
     torch.testing.assert_close(torch.zeros_like(dense).scatter(1, index, weights), dense)
     with pytest.raises(ValueError, match="sparse=True needs anchors"):
         learner(v, sparse=True)
+
+
+def test_max_masked_gives_the_graph_of_the_mask_without_reading_it():
+    # the bound replaces a host synchronisation (int(mask.sum().min())): same graph when it is the true bound
+    g = torch.Generator().manual_seed(21)
+    dist = torch.rand(6, 9, generator=g)
+    mask = torch.zeros(6, 9, dtype=torch.bool)
+    mask[torch.arange(6), torch.arange(6)] = True  # one excluded pair a row (an image's own copy in a bank)
+    read = sparse_neighbours(dist, 4, mask=mask)
+    bound = sparse_neighbours(dist, 4, mask=mask, max_masked=1)
+    torch.testing.assert_close(bound[0], read[0])
+    assert torch.equal(bound[1], read[1])
+    small = sparse_neighbours(dist[:, :5], 10, mask=mask[:, :5], max_masked=1)  # k clamped to c - 1 = 3
+    assert small[0].shape == (6, 3)

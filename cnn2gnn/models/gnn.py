@@ -160,7 +160,8 @@ class GNNStudent(nn.Module):
 
     def _edges(self, x: Tensor, index: Tensor | None, bank: dict[str, Tensor]) -> Edges:
         exclude = self.bank.exclusion(index) if index is not None and self.training else None
-        return self.graph(self.space(x), bank["v"], exclude, anchors_sq=bank["v_sq"], sparse=True)
+        # a training image has at most one copy in the bank (its positions are distinct): no host synchronisation
+        return self.graph(self.space(x), bank["v"], exclude, anchors_sq=bank["v_sq"], sparse=True, max_excluded=1)
 
     def _bank_states(self) -> dict[str, Tensor]:
         """The bank's graph-space positions and the messages it sends at each layer (cached in eval mode)."""
@@ -170,7 +171,8 @@ class GNNStudent(nn.Module):
         def compute() -> dict[str, Tensor]:
             xa = self.in_drop(input_features(self.bank.images, self.embed))
             va = self.space(xa)
-            edges = self.graph(va, va, self.bank.self_mask(), sparse=True)  # the bank's own graph, self excluded
+            # the bank's own graph, an anchor not its own neighbour
+            edges = self.graph(va, va, self.bank.self_mask(), sparse=True, max_excluded=1)
             msg1 = self.conv1.message(xa)
             ha = self.drop(torch.relu(self.conv1(xa, edges, msg1)))
             msg2 = self.conv2.message(ha)
