@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[dev,pyg]'
+	$(PY) -m pip install --quiet -e '.[dev,all]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -104,11 +104,10 @@ def load_weights(path: str | Path, model: nn.Module, what: str = "", convert=Non
     model.load_state_dict(state)
 
 
-def weights_sha256(model_dir: str | Path) -> str:
-    """A sha256 of a model folder's weights and description (what its outputs depend on), 16 hex digits."""
+def file_sha256(*paths: str | Path) -> str:
+    """A sha256 of the files' bytes, in order, 16 hex digits; an unreadable file is a :class:`CheckpointError`."""
     h = hashlib.sha256()
-    for name in (WEIGHTS, META):
-        path = Path(model_dir) / name
+    for path in map(Path, paths):
         try:
             with open(path, "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 20), b""):
@@ -116,6 +115,11 @@ def weights_sha256(model_dir: str | Path) -> str:
         except OSError as err:
             raise CheckpointError(f"{path}: unreadable ({err.strerror or err})") from None
     return h.hexdigest()[:16]
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """A sha256 of a model folder's weights and description (what its outputs depend on), 16 hex digits."""
+    return file_sha256(Path(model_dir) / WEIGHTS, Path(model_dir) / META)
 
 
 def save_model_dir(out: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -197,8 +201,10 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
             from .models.cnn import create_teacher
 
             return create_teacher(
-                meta["arch"], meta["num_classes"], meta["in_channels"], max(meta["image_size"]), meta.get("width", 16)
-            )
+                meta["arch"], meta["num_classes"], meta["in_channels"], max(meta["image_size"]), meta.get("width", 16),
+                input_size=meta.get("input_size"), input_norm=meta.get("input_norm", "auto"),
+                data_mean=meta.get("mean", (0.5,)), data_std=meta.get("std", (0.25,)),
+            )  # fmt: skip
         if kind == "student":
             from .config import StudentModelConfig, from_dict
             from .models import create_student

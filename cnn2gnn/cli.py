@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import UserError
 from .parser import build_parser
@@ -44,7 +45,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from .config import TeacherConfig, build_config
     from .teacher import train_teacher
 
-    overrides = _overrides(args, {**COMMON_KEYS, "arch": "model.arch"})
+    teacher_keys = {"arch": "model.arch", "weights": "model.weights", "pretrained": "model.pretrained"}
+    overrides = _overrides(args, {**COMMON_KEYS, **teacher_keys, "input_size": "model.input_size"})
     if args.quiet:
         overrides.append("run.progress=false")
     cfg = build_config(TeacherConfig, files=args.config, overrides=overrides + args.overrides)
@@ -67,6 +69,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         "hidden": "model.hidden",
         "alpha": "distill.alpha",
         "temperature": "distill.temperature",
+        "image_size": "model.image_size",
     }
     overrides = _overrides(args, {**COMMON_KEYS, **extra})
     if args.quiet:
@@ -92,7 +95,8 @@ def _load_for_eval(args: argparse.Namespace):
     model, meta = load_model(args.model, device)
     name = args.data or meta["data"]
     root = args.data_root or (meta.get("data_root") if name == meta["data"] else None)  # where it was trained
-    bundle = load_dataset(name, root, limit_test=args.limit_test, download=args.download)
+    side = meta["image_size"][0] if len(set(meta["image_size"])) == 1 else None  # the model's own input size
+    bundle = load_dataset(name, root, limit_test=args.limit_test, download=args.download, image_size=side)
     check_data(meta, bundle)
     return model, meta, bundle, device
 
@@ -138,17 +142,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .evaluate import predict_files
+    from .predict import find_images, output_format, predict, text_line, write_predictions
+    from .run import resolve_device
 
-    model, meta = load_model(args.model)
-    rows, skipped = predict_files(model, meta, args.images)
+    if args.output:
+        output_format(args.output)  # an unknown extension fails before anything runs
+    files, warnings = find_images(args.images)
+    for warning in warnings:
+        print(f"cnn2gnn predict: warning: {warning}", file=sys.stderr)
+    device = resolve_device(args.device)
+    model, meta = load_model(args.model, device)
+    rows, skipped = predict(
+        model, meta, files, batch_size=args.batch_size, top_k=args.top_k, device=device, progress=not args.quiet
+    )
     for path, reason in skipped:
         print(f"cnn2gnn predict: warning: {path}: {reason}", file=sys.stderr)
-    if args.json:
+    if args.output:
+        write_predictions(rows, args.output)
+        print(f"{len(rows)} images predicted, {len(skipped)} skipped -> {args.output}")
+    elif args.json:
         print(json.dumps(rows, indent=2))
     else:
-        for r in rows:
-            print(f"{r['file']}\t{r['class']}\t{r['probability']:.4f}")
+        for row in rows:
+            print(text_line(row))
     return 0
 
 
@@ -195,12 +211,28 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+
+    from .checkpoint import load_model
+    from .export import export_model
+
+    model, meta = load_model(args.model)
+    with contextlib.redirect_stdout(io.StringIO()):  # the ONNX exporter's progress lines
+        info = export_model(model, meta, args.out, args.format)
+    print(f"{args.model} ({meta['kind']}, policy {info['policy']}) -> {args.out} ({args.format}), classes in "
+          f"{Path(args.out).with_suffix('.json')}")  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "teacher": cmd_teacher,
     "distill": cmd_distill,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "bench": cmd_bench,
+    "export": cmd_export,
 }
 
 

@@ -27,6 +27,7 @@ T = TypeVar("T")
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["onecycle", "cosine", "constant"]
 Keep = Literal["best", "last"]  # which epoch's weights a run saves
+InputNorm = Literal["auto", "data", "imagenet"]  # the statistics a teacher's inputs are normalised with
 StudentArch = Literal["gnn", "mlp"]  # the CNN2GNN student | the same-width MLP baseline
 Aggregate = Literal["sage", "gcn"]  # propagation rule of the graph layers (models/layers.py)
 GraphSpace = Literal["head", "proj", "pixels"]  # where the graph's distances are measured
@@ -80,8 +81,14 @@ class OptimConfig:
 
 @dataclass
 class TeacherModelConfig:
-    arch: str = "resnet8"  # see `cnn2gnn.models.cnn.TEACHERS`
+    arch: str = "resnet8"  # the registry's (cnn2gnn.models.cnn.TEACHERS), torchvision:NAME or timm:NAME
     width: int = 16  # channels of the first stage of the CIFAR-style ResNets (resnet8/20/56)
+    weights: str | None = None  # a local weights file (safetensors, or a state dict read with weights_only=True)
+    pretrained: bool = False  # the library's own pretrained weights (torchvision/timm; needs a network)
+    input_size: int | None = None  # side the teacher sees (images resized to it); None: the data's for a new or
+    #                                registry network, the library's default (e.g. 224) with pretrained or file weights
+    input_norm: InputNorm = "auto"  # normalisation the teacher sees: data (the data's statistics) | imagenet |
+    #                                 auto (imagenet for torchvision:/timm: with weights, else data)
 
 
 @dataclass
@@ -93,6 +100,8 @@ class RunConfig:
     progress: bool = True  # progress bars
     keep: Keep = "best"  # the saved model: best (epoch of the highest validation accuracy) | last (the last epoch)
     keep_checkpoints: bool = False  # keep OUT/ckpt/ (optimizer state, per-epoch weights) after the run has finished
+    tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars into OUT/tensorboard/
+    #                            (pip install 'cnn2gnn[tensorboard]')
 
 
 @dataclass
@@ -126,6 +135,7 @@ class StudentModelConfig:
     embed_filters: int = 64  # randconv: number of random filters; patch: values per patch
     embed_kernel: int = 5  # randconv: filter side; patch: patch side
     embed_pool: int = 4  # randconv: average-pooling cell side
+    image_size: int | None = None  # side of the student's input images (resized from the data's); None: the data's
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Honest evaluation (docs/method.md sections 5-6): accuracy over seeded shuffles of the test set (never class-sorted),
-mean and std over seeds, the batch-order sensitivity of the ``batch`` policy, inference speed with the graph's cost
-included, and single-image prediction from image files under the ``anchors`` policy.
+mean and std over seeds, the batch-order sensitivity of the ``batch`` policy, and inference speed with the graph's cost
+included. Prediction from image files is in predict.py.
 """
 
 from __future__ import annotations
@@ -8,10 +8,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -103,74 +101,3 @@ def measure_speed(
     fn, _ = policy.resolve(model, graph)
     example = next(iter(BatchIterator(split, max(batch_sizes), mean=meta["mean"], std=meta["std"], device=device))).x
     return {str(b): images_per_second(fn, example, b) for b in batch_sizes}
-
-
-class UnreadableImage(UserError):
-    """An image file that is missing or that PIL cannot decode; ``reason`` is the message without the path."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
-
-
-def _read_image(path: str | Path, meta: dict[str, Any]) -> torch.Tensor:
-    """One image file as uint8 ``(C, H, W)`` in the model's mode (grey/RGB) and size; ``UnreadableImage`` if not."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if meta["in_channels"] == 1 else "RGB")
-            h, w = meta["image_size"]
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise UnreadableImage(path, "no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UnreadableImage(path, f"not a readable image ({err})") from None
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-
-
-def _normalise(images: Sequence[torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
-    x = torch.stack(list(images)).float() / 255.0
-    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-def load_images(paths: Sequence[str | Path], meta: dict[str, Any]) -> torch.Tensor:
-    """Read image files into a normalised (n, C, H, W) batch matching the model's input (grey/RGB, size); every
-    file must be readable (``UnreadableImage`` names the first that is not)."""
-    return _normalise([_read_image(p, meta) for p in paths], meta)
-
-
-@torch.no_grad()
-def predict_files(
-    model: nn.Module, meta: dict[str, Any], paths: Sequence[str | Path]
-) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Class and probability for each readable image file, and ``(file, reason)`` for each file skipped as missing
-    or unreadable; a student uses its anchors, so skipping a file changes no other prediction. A ``UserError``
-    when no file can be read."""
-    fn, name = policy.resolve(model)
-    if policy.depends_on_batch(name):
-        raise UserError(
-            "this student has no anchor bank, so single images cannot be classified; retrain with bank.size > 0"
-        )
-    read, images, skipped = [], [], []
-    for p in paths:
-        try:
-            images.append(_read_image(p, meta))
-            read.append(p)
-        except UnreadableImage as err:
-            skipped.append((err.path, err.reason))
-    if not images:
-        first = ": ".join(skipped[0])
-        raise UserError(first if len(skipped) == 1 else f"none of the {len(skipped)} image files is readable; {first}")
-    probs = torch.softmax(fn(_normalise(images, meta)), dim=1)
-    conf, cls = probs.max(dim=1)
-    rows = [
-        {"file": str(p), "class": meta["classes"][int(c)], "index": int(c), "probability": float(q)}
-        for p, c, q in zip(read, cls, conf, strict=True)
-    ]
-    return rows, skipped

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import StudentModelConfig
+from .pyg import dense_to_edge_index, to_edge_index
 
 __all__ = [
     "NORM_MODES",
@@ -348,6 +349,23 @@ class SparseGraphLearner(nn.Module):
         if self.symmetric:
             p = symmetrize(p)
         return normalize_adj(p, self_loop=self.self_loop, mode=self.norm)
+
+    def edge_index(
+        self,
+        v: Tensor,
+        anchors: Tensor | None = None,
+        exclude: Tensor | None = None,
+        *,
+        anchors_sq: Tensor | None = None,
+        max_excluded: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The graph of :meth:`forward` as PyTorch Geometric's ``(edge_index, edge_weight)``, edges source -> target
+        (:mod:`cnn2gnn.pyg`). Without anchors: the non-zeros of the (n, n) matrix, self loops included. With
+        anchors: the n k edges anchor -> query of ``sparse=True``, a bipartite graph of size (m, n) whose sources
+        index ``anchors``: ``conv((x_anchors, x), edge_index, edge_weight, size=(m, n))``."""
+        if anchors is None:
+            return dense_to_edge_index(self(v))
+        return to_edge_index(*self(v, anchors, exclude, anchors_sq=anchors_sq, sparse=True, max_excluded=max_excluded))
 
     def extra_repr(self) -> str:
         return (

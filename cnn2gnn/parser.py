@@ -74,14 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "teacher",
-        help="train a CNN teacher from scratch",
-        description="Train a CNN teacher from scratch and report its train/val/test accuracy.",
-        epilog=EPILOG_CONFIG,
+        help="train a CNN teacher, or wrap your own (torchvision:/timm: with --weights)",
+        description="Train a CNN teacher (from scratch, or fine-tuned from --weights / --pretrained) and report its "
+        "train/val/test accuracy. With --epochs 0 the given weights are only wrapped and evaluated: a model you "
+        "fine-tuned elsewhere becomes a teacher folder in one command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_CONFIG
+        + "\nexample (your fine-tuned torchvision model as a teacher):\n  cnn2gnn teacher --data imagefolder "
+        "--data-root pets --arch torchvision:resnet18 --weights resnet18_pets.pth --epochs 0 --out runs/teacher",
     )
     _data_args(p)
     p.add_argument(
         "--arch",
-        help="resnet8 | resnet20 | resnet56 | resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (model.arch)",
+        help="resnet8 | resnet20 | resnet56 | resnet18 ... resnet152 (small-image stem), or any torchvision:NAME "
+        "(e.g. torchvision:resnet18) or timm:NAME (e.g. timm:convnext_tiny) classifier (model.arch)",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="start from these weights: a .safetensors file or a torch.save'd state dict (read with weights_only); a "
+        "head of another class count is replaced (model.weights)",
+    )
+    p.add_argument(
+        "--pretrained", action="store_true", help="the library's pretrained weights (needs a network; model.pretrained)"
+    )
+    p.add_argument(
+        "--input-size", type=int, metavar="S", help="side the teacher sees (default: its own; model.input_size)"
     )
     _train_args(p)
     _common(p)
@@ -100,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="hidden width (model.hidden)")
     p.add_argument("--alpha", type=float, help="weight of the KD term (distill.alpha)")
     p.add_argument("--temperature", type=float, help="KD temperature T (distill.temperature)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="S",
+        help="the student's input side; the teacher keeps its own resolution (model.image_size)",
+    )
     _train_args(p)
     _common(p)
 
@@ -128,14 +152,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="classify image files with a trained model",
-        description="Print class and probability for each image file (a student uses its anchor "
-        "bank, so every image is classified on its own). Images of another colour mode or size are converted to "
-        "the model's mode (grey or RGB) and resized (bilinear) to its input size.",
+        help="classify image files and folders with a trained model",
+        description="Classify image files, and the image files under folders (searched recursively), in batches:\n"
+        "the K most probable classes of each image. A student uses its anchor bank, so every image is classified\n"
+        "on its own (its result does not depend on the batch size, the order or the other files). Images of another\n"
+        "colour mode or size are converted to the model's mode (grey or RGB) and resized (bilinear) to its input\n"
+        "size. Unreadable files are skipped with a warning each; no readable file at all is an error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="output formats (one row per image, the most probable class first):\n"
+        "  stdout       PATH<TAB>CLASS<TAB>PROBABILITY[<TAB>CLASS_2<TAB>PROBABILITY_2 ...], no header\n"
+        "  --json       a JSON array of the records of FILE.jsonl, on stdout\n"
+        "  FILE.csv     header path,class,probability[,class_2,probability_2,...,class_K,probability_K]\n"
+        '  FILE.jsonl   one record a line: {"path", "class", "index", "probability",\n'
+        '               "top_k": [{"class", "index", "probability"}, ... K of them]}\n'
+        "examples:\n"
+        "  cnn2gnn predict --model runs/student shoe.png shirt.png\n"
+        "  cnn2gnn predict --model runs/student photos/ --top-k 3 --output predictions.csv",
     )
     p.add_argument("--model", required=True, metavar="DIR", help="model folder (teacher or student)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="PATH",
+        help="image files (any format Pillow reads) and folders; a folder stands for its .png .jpg .jpeg .bmp .gif "
+        ".tif .tiff .webp files (any case, recursively, sorted)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=256, metavar="N", help="images read and classified at a time (default 256)"
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=1,
+        metavar="K",
+        help="the K most probable classes per image (default 1; more than the model's classes gives them all)",
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
+        "--output", metavar="FILE.csv|FILE.jsonl", help="write the predictions to a CSV or JSON-lines file"
+    )
+    out.add_argument("--json", action="store_true", help="print the predictions as one JSON array")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained student (or teacher) for deployment: ONNX or torch.export",
+        description="Export a model folder as one self-contained graph: input a float batch N x C x H x W of pixel "
+        "values in [0, 1] at the model's image size (any N), output logits; the input normalisation and the "
+        "anchor bank are inside. The class names, input shape and policy go to OUT with the suffix .json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  cnn2gnn export --model runs/student --format onnx --out student.onnx\n"
+        "  cnn2gnn export --model runs/student --format torch-export --out student.pt2\n"
+        "serve: onnxruntime.InferenceSession('student.onnx').run(None, {'images': x})[0]  (x: float32, [0, 1])",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="model folder (student with a bank, MLP, teacher)")
+    p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx", help="(default onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (e.g. student.onnx, student.pt2)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
     p = sub.add_parser(

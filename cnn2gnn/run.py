@@ -24,7 +24,7 @@ from .errors import UserError
 from .train import FitResult, Step, fit, make_scheduler
 
 RUN_FILES = ("model.safetensors", "meta.json", "config.yaml", "metrics.jsonl", "manifest.json", "summary.json")
-RUN_DIRS = ("ckpt", "cache")  # training state; a teacher's cached logits
+RUN_DIRS = ("ckpt", "cache", "tensorboard")  # training state; a teacher's cached logits; TensorBoard events
 
 
 def available_devices() -> list[str]:
@@ -49,6 +49,14 @@ def resolve_device(name: str) -> torch.device:
     except Exception:  # noqa: BLE001 - torch raises RuntimeError, AssertionError... for a device it cannot use
         raise UserError(f"device '{name}' is not available here (available: {here})") from None
     return device
+
+
+def _need_tensorboard() -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        msg = "run.tensorboard=true needs the tensorboard package: pip install 'cnn2gnn[tensorboard]'"
+        raise UserError(msg) from None
 
 
 def holds_run(out: Path) -> bool:
@@ -184,15 +192,25 @@ class Run:
     resume: bool
 
     @classmethod
-    def start(cls, cfg: Any, out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Run:
-        """Check the folder (see :func:`prepare_out`) and the device, seed torch, load the data."""
+    def start(
+        cls, cfg: Any, out: str | Path, *, resume: bool = False, overwrite: bool = False, data: DataConfig | None = None
+    ) -> Run:
+        """Check the folder (see :func:`prepare_out`) and the device, seed torch, load the data (``data``, or the
+        config's data section)."""
         out = Path(out)
         device = resolve_device(cfg.run.device)
+        if cfg.run.tensorboard:  # before anything is written: a missing package is not a half-made run
+            _need_tensorboard()
         prepare_out(out, resume=resume, overwrite=overwrite)
         torch.manual_seed(cfg.run.seed)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        return cls(absolute_paths(cfg), out, device, build_data(cfg.data), resume)
+        return cls(absolute_paths(cfg), out, device, build_data(data or cfg.data), resume)
+
+    def say(self, message: str) -> None:
+        """One line for the user on stderr (progress and warnings), unless run.progress is off."""
+        if self.cfg.run.progress or message.startswith("warning"):
+            print(f"cnn2gnn: {message}", file=sys.stderr)
 
     def augment(self) -> Augment | None:
         d = self.cfg.data
@@ -249,7 +267,7 @@ class Run:
         result = fit(
             model, step, train_batches, evaluate, optimizer, scheduler,
             epochs=optim.epochs, run_dir=self.out, grad_clip=optim.grad_clip, resume=self.resume,
-            progress=self.cfg.run.progress, keep=self.cfg.run.keep,
+            progress=self.cfg.run.progress, keep=self.cfg.run.keep, tensorboard=self.cfg.run.tensorboard,
         )  # fmt: skip
         return result, manifest
 

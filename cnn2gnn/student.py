@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from .distill import distillation_loss
 from .errors import UserError
 from .models import create_student
 from .models.cnn import FrozenTeacher
-from .run import Run, make_batches
+from .run import Run, build_data, make_batches
 from .train import accuracy, make_optimizer, predict_logits
 
 
@@ -86,6 +86,41 @@ def teacher_logits(
     return logits
 
 
+def teacher_view(student: DataBundle, teacher: DataBundle):
+    """``f(x)``: a batch normalised for the student, at its size, as the teacher's data would give it (the
+    student's normalisation undone, resized to the teacher's data size, the teacher's data normalisation)."""
+    if student is teacher:
+        return lambda x: x
+
+    def stats(b: DataBundle) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor(b.mean).view(1, -1, 1, 1), torch.tensor(b.std).view(1, -1, 1, 1)
+
+    (s_mean, s_std), (t_mean, t_std), size = stats(student), stats(teacher), teacher.image_size
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        x = x * s_std.to(x) + s_mean.to(x)
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return (x - t_mean.to(x)) / t_std.to(x)
+
+    return view
+
+
+FIRST_LAYER_WARNING = 2_000_000  # parameters of the first layer above which a run suggests a smaller input
+
+
+def describe(run: Run, model: torch.nn.Module, bundle: DataBundle) -> None:
+    """Say the student's size, and warn when its first layer (input pixels x hidden width) dominates it."""
+    first = model.conv1 if hasattr(model, "conv1") else model.lin1
+    n_first, n_all = (sum(p.numel() for p in m.parameters()) for m in (first, model))
+    c, (h, w) = bundle.in_channels, bundle.image_size
+    run.say(f"student: {n_all:,} parameters, {n_first:,} in its first layer ({c}x{h}x{w} inputs)")
+    if n_first > FIRST_LAYER_WARNING:
+        run.say(
+            f"warning: the student's first layer has {n_first / 1e6:.1f}M parameters for {c}x{h}x{w} inputs; "
+            f"--image-size {max(8, h // 4)} (or model.embed=patch) makes it about {(h // max(8, h // 4)) ** 2}x smaller"
+        )
+
+
 def build_student(cfg: StudentConfig, bundle: DataBundle) -> torch.nn.Module:
     """The student of ``cfg.model`` for this data, with an anchor bank of ``cfg.bank.size`` training images
     (stratified, chosen by the run's seed) when it is a graph student and the size is > 0."""
@@ -109,9 +144,12 @@ def train_student(
     """Distil (or, without a teacher, train with CE) a student; writes the model folder ``out``. The saved model is
     the epoch of run.keep (the best validation accuracy by default); test accuracies are measured once, at the end.
     """
-    run = Run.start(cfg, out, resume=resume, overwrite=overwrite)
+    size = cfg.model.image_size
+    own = cfg.data if size is None else replace(cfg.data, image_size=size)  # the student's input size
+    run = Run.start(cfg, out, resume=resume, overwrite=overwrite, data=own)
     cfg, bundle, device = run.cfg, run.bundle, run.device  # cfg with absolute paths
     model = build_student(cfg, bundle).to(device)
+    describe(run, model, bundle)
     policies = policy.supported(model)
     graph = cfg.distill.train_graph if policies else policy.NONE
     if policies and graph not in policies:
@@ -119,10 +157,12 @@ def train_student(
 
     teacher, cached, provenance = None, None, {}
     if cfg.distill.teacher:
-        teacher, _ = load_teacher(cfg.distill.teacher, bundle, device)
+        seen = bundle if size is None else build_data(cfg.data)  # the data at the teacher's resolution
+        teacher, _ = load_teacher(cfg.distill.teacher, seen, device)
         provenance = {"teacher": {"path": cfg.distill.teacher, "sha256": weights_sha256(cfg.distill.teacher)}}
         if cfg.distill.cache_logits and not cfg.data.augment:
-            cached = teacher_logits(teacher, cfg.distill.teacher, bundle, cfg.run.eval_batch_size, device).to(device)
+            cached = teacher_logits(teacher, cfg.distill.teacher, seen, cfg.run.eval_batch_size, device).to(device)
+        view = teacher_view(bundle, seen)
     forward = (lambda b: model(b.x)) if not policies else (lambda b: model(b.x, graph=graph, index=b.index))
     logged, _ = policy.resolve(model, graph if policies else None)  # the validation log uses the training graph
     eval_seed = cfg.run.seed + 1000
@@ -132,7 +172,7 @@ def train_student(
     def step(batch) -> dict[str, torch.Tensor]:
         t_logits = None
         if teacher is not None:
-            t_logits = cached[batch.index] if cached is not None else teacher(batch.x)
+            t_logits = cached[batch.index] if cached is not None else teacher(view(batch.x))
         return distillation_loss(forward(batch), batch.y, t_logits, alpha=alpha, temperature=temperature)
 
     def evaluate() -> dict[str, float]:  # validation only: the test split is for the saved model, once

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import file_sha256
 from .config import TeacherConfig
 from .data.regimes import labelled
 from .models.cnn import create_teacher
@@ -25,9 +26,17 @@ def train_teacher(
     """
     run = Run.start(cfg, out, resume=resume, overwrite=overwrite)
     bundle, device = run.bundle, run.device
+    mc = cfg.model
     model = create_teacher(
-        cfg.model.arch, bundle.num_classes, bundle.in_channels, max(bundle.image_size), cfg.model.width
-    ).to(device)
+        mc.arch, bundle.num_classes, bundle.in_channels, max(bundle.image_size), mc.width, weights=mc.weights,
+        pretrained=mc.pretrained, input_size=mc.input_size, input_norm=mc.input_norm, data_mean=bundle.mean,
+        data_std=bundle.std,
+    )  # fmt: skip
+    model.to(device)
+    if getattr(model, "head_loaded", None) is False:
+        run.say(f"warning: the head in {mc.weights} does not fit {bundle.num_classes} classes: a new head is trained")
+    adapter = getattr(model, "adapter", None)
+    recorded = {"input_size": adapter.size, "input_norm": model.input_norm} if adapter is not None else {}
     evals = run.eval_batches(seed=cfg.run.seed, shuffle=False)  # a CNN's output does not depend on batch-mates
     smoothing = cfg.optim.label_smoothing
 
@@ -42,7 +51,10 @@ def train_teacher(
     # few labels: the labelled images only, repeated to the split's size (as many steps as with every label)
     train = labelled(bundle.train, size=len(bundle.train))
     result, manifest = run.fit(model, step, run.train_batches(train), lambda: scores(val), optimizer)
-    run.save(model, {"kind": "teacher", "arch": cfg.model.arch, "width": cfg.model.width})
+    source = (
+        {"weights": str(Path(mc.weights).resolve()), "weights_sha256": file_sha256(mc.weights)} if mc.weights else {}
+    )
+    run.save(model, {"kind": "teacher", "arch": mc.arch, "width": mc.width, **recorded, **source})
     seen = labelled(bundle.train)
     train_eval = make_batches(bundle, seen, cfg.run.eval_batch_size, device, train=False, seed=0)
     final = scores(evals)  # the saved model, once: the test split is never seen before this

@@ -5,6 +5,7 @@ student.py) supply the model, the step and the evaluation; run.py sets up what t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from .config import OptimConfig
 from .data import BatchIterator
-from .errors import TrainingDivergedError
+from .errors import TrainingDivergedError, UserError
 
 Step = Callable[[Any], dict[str, torch.Tensor]]  # batch -> named loss terms; "loss" is minimised
 
@@ -161,6 +162,33 @@ def _checkpoint(run_dir: Path, epoch: int, model: nn.Module, optimizer, schedule
     save_training_state(run_dir, epoch, model, state)
 
 
+@contextlib.contextmanager
+def tensorboard_scalars(run_dir: Path, *, enabled: bool, purge_step: int = 0):
+    """A function ``log(row)`` that writes every numeric value of a metrics row as a TensorBoard scalar, at step
+    ``row["epoch"]``, into ``run_dir/tensorboard/`` (a no-op unless ``enabled``); the writer is closed on exit, errors
+    included. Events of an earlier run at steps >= ``purge_step`` (where a resumed run starts) are hidden."""
+    if not enabled:
+        yield lambda row: None
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        msg = "run.tensorboard=true needs the tensorboard package: pip install 'cnn2gnn[tensorboard]'"
+        raise UserError(msg) from None
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+
+    def log(row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool):
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+
+    try:
+        yield log
+    finally:
+        writer.close()
+
+
 def fit(
     model: nn.Module,
     step: Step,
@@ -176,6 +204,7 @@ def fit(
     progress: bool = True,
     select: str = "val_acc",
     keep: str = "best",
+    tensorboard: bool = False,
 ) -> FitResult:
     """Train for ``epochs``: each epoch is :func:`train_one_epoch`, then ``evaluate()`` (validation scores only:
     the test split is for the saved model, once, never for choosing), a line in ``run_dir/metrics.jsonl`` and a
@@ -185,6 +214,7 @@ def fit(
     With ``resume`` the run continues after the last complete checkpoint; on CPU with a fixed seed it ends with the
     same weights as an uninterrupted run (batch order and augmentation depend only on the seed and the epoch, and
     the RNG state is restored). The checkpoints of the finished epochs survive a diverged or interrupted run.
+    With ``tensorboard`` every metrics line is also written as TensorBoard scalars (:func:`tensorboard_scalars`).
     """
     metrics_path, best_path = run_dir / "metrics.jsonl", run_dir / "ckpt" / BEST
     start = _resume(run_dir, model, optimizer, scheduler) if resume else 0
@@ -193,27 +223,29 @@ def fit(
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter()
-    for epoch in range(start, epochs):
-        train_batches.set_epoch(epoch)
-        t0 = time.perf_counter()
-        losses = train_one_epoch(
-            model, step, train_batches, optimizer, scheduler,
-            grad_clip=grad_clip, desc=f"epoch {epoch + 1}/{epochs}", progress=progress,
-        )  # fmt: skip
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, **losses, "lr": scheduler.get_last_lr()[0], "train_seconds": round(seconds, 3)}
-        model.eval()
-        row.update(evaluate())
-        history.append(row)
-        with open(metrics_path, "a") as f:  # before the checkpoint: a resume drops rows past it, never misses one
-            f.write(json.dumps(row) + "\n")
-        if best_epoch(history, select) == epoch:  # a new best (or no validation split): its weights, before the
-            best = epoch  # checkpoint that makes the epoch count as done
-            save_weights(best_path, model)
-        _checkpoint(run_dir, epoch, model, optimizer, scheduler)
-        if progress:
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss")))
-            tqdm.write(f"epoch {epoch + 1}/{epochs}  {shown}  ({seconds:.1f}s)")
+    with tensorboard_scalars(run_dir, enabled=tensorboard, purge_step=start) as log_scalars:
+        for epoch in range(start, epochs):
+            train_batches.set_epoch(epoch)
+            t0 = time.perf_counter()
+            losses = train_one_epoch(
+                model, step, train_batches, optimizer, scheduler,
+                grad_clip=grad_clip, desc=f"epoch {epoch + 1}/{epochs}", progress=progress,
+            )  # fmt: skip
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch, **losses, "lr": scheduler.get_last_lr()[0], "train_seconds": round(seconds, 3)}
+            model.eval()
+            row.update(evaluate())
+            history.append(row)
+            with open(metrics_path, "a") as f:  # before the checkpoint: a resume drops rows past it, never misses one
+                f.write(json.dumps(row) + "\n")
+            log_scalars(row)
+            if best_epoch(history, select) == epoch:  # a new best (or no validation split): its weights, before the
+                best = epoch  # checkpoint that makes the epoch count as done
+                save_weights(best_path, model)
+            _checkpoint(run_dir, epoch, model, optimizer, scheduler)
+            if progress:
+                shown = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss")))
+                tqdm.write(f"epoch {epoch + 1}/{epochs}  {shown}  ({seconds:.1f}s)")
     saved = history[-1]["epoch"] if history else -1
     if keep == "best" and best != saved and best >= 0:
         load_weights(best_path, model, what=f"the best epoch ({best + 1})")

@@ -30,7 +30,7 @@ import cnn2gnn.student
 from cnn2gnn.checkpoint import load_model
 from cnn2gnn.data import load_dataset, normalize
 from cnn2gnn.errors import TrainingDivergedError, UserError
-from cnn2gnn.evaluate import load_images
+from cnn2gnn.predict import load_images
 
 EPOCHS = 3
 

@@ -153,7 +153,7 @@ def test_predict_skips_unreadable_files_and_predicts_the_rest(teacher, images):
 
     code, out, err = run_cli("predict", "--model", teacher, "--json", *files)
     assert code == 0, err
-    assert [r["file"] for r in json.loads(out)] == [str(images["a.png"]), str(images["c.png"])]
+    assert [r["path"] for r in json.loads(out)] == [str(images["a.png"]), str(images["c.png"])]
     assert len(err.splitlines()) == 3
 
 

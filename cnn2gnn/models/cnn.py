@@ -1,4 +1,5 @@
-"""CNN teachers (docs/method.md section 1): a small registry behind one interface, frozen by construction as teachers.
+"""CNN teachers (docs/method.md section 1): a small registry behind one interface, frozen by construction as teachers;
+torchvision and timm models through ``torchvision:NAME`` / ``timm:NAME`` (models/ecosystem.py).
 
 CIFAR-style ResNets (He et al., "Deep Residual Learning", 2016, section 4.2: 6n+2 layers, widths w, 2w, 4w) that
 train on two CPU cores in minutes, and torchvision's ResNet-18..152 with a 3x3 stride-1 stem for small images.
@@ -129,11 +130,41 @@ TEACHERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create_teacher(arch: str, num_classes: int, in_channels: int, image_size: int, width: int = 16) -> nn.Module:
-    """Build a randomly initialised CNN from the registry; unknown names list the known ones."""
+def create_teacher(
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    width: int = 16,
+    *,
+    weights: str | None = None,
+    pretrained: bool = False,
+    input_size: int | None = None,
+    input_norm: str = "auto",
+    data_mean=(0.5,),
+    data_std=(0.25,),
+) -> nn.Module:
+    """A CNN from the registry (``resnet8`` ...) or the ecosystem (``torchvision:NAME``, ``timm:NAME``, see
+    :mod:`cnn2gnn.models.ecosystem`), with ``weights`` (a local file) or the library's ``pretrained`` weights loaded.
+    With a weights file, ``model.head_loaded`` says whether its head fitted (else it is new, for ``num_classes``).
+    Unknown names list the known ones."""
+    from .ecosystem import PREFIXES, create_ecosystem_teacher, load_weights_file
+
+    if arch.startswith(PREFIXES):
+        return create_ecosystem_teacher(
+            arch, num_classes, data_mean=data_mean, data_std=data_std, pretrained=pretrained, weights=weights,
+            input_size=input_size, input_norm=input_norm,
+        )  # fmt: skip
     if arch not in TEACHERS:
-        raise UserError(f"unknown architecture '{arch}' (known: {', '.join(TEACHERS)})")
-    return TEACHERS[arch](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)
+        raise UserError(f"unknown architecture '{arch}' (known: {', '.join(TEACHERS)}, torchvision:NAME, timm:NAME)")
+    if pretrained or input_size is not None or input_norm not in ("auto", "data"):
+        raise UserError(
+            f"{arch}: pretrained weights and model.input_size/input_norm are for torchvision:/timm: teachers"
+        )
+    model = TEACHERS[arch](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)
+    if weights:
+        model.head_loaded = load_weights_file(model, weights, "fc")
+    return model
 
 
 class FrozenTeacher(nn.Module):

@@ -7,6 +7,7 @@ of its own images), multiplied as ``P @ messages``; or *edges* ``(weight, index)
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,6 +29,8 @@ def gather(edges: Edges, messages: Tensor) -> Tensor:
         - output: :math:`(n, f)`
     """
     weight, index = edges
+    if torch.compiler.is_exporting():  # ONNX has no embedding_bag: k gathered rows and a weighted sum export anywhere
+        return (messages[index] * weight.unsqueeze(-1)).sum(dim=1)
     return F.embedding_bag(index, messages, per_sample_weights=weight, mode="sum")
 
 
