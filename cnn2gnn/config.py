@@ -28,6 +28,9 @@ Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["onecycle", "cosine", "constant"]
 Keep = Literal["best", "last"]  # which epoch's weights a run saves
 InputNorm = Literal["auto", "data", "imagenet"]  # the statistics a teacher's inputs are normalised with
+BankAll = Literal["all"]  # bank.size: the whole training split
+Search = Literal["torch", "faiss", "faiss-ivf"]  # how the nearest anchors are found (cnn2gnn/search.py)
+Amp = Literal["none", "bf16"]  # mixed precision of the forward passes
 StudentArch = Literal["gnn", "mlp"]  # the CNN2GNN student | the same-width MLP baseline
 Aggregate = Literal["sage", "gcn"]  # propagation rule of the graph layers (models/layers.py)
 GraphSpace = Literal["head", "proj", "pixels"]  # where the graph's distances are measured
@@ -100,6 +103,8 @@ class RunConfig:
     progress: bool = True  # progress bars
     keep: Keep = "best"  # the saved model: best (epoch of the highest validation accuracy) | last (the last epoch)
     keep_checkpoints: bool = False  # keep OUT/ckpt/ (optimizer state, per-epoch weights) after the run has finished
+    compile: bool = False  # torch.compile the model (fullgraph) for training and evaluation
+    amp: Amp = "none"  # bf16: forward passes under torch.autocast(bfloat16) (GPUs; CPUs with bf16 support)
     tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars into OUT/tensorboard/
     #                            (pip install 'cnn2gnn[tensorboard]')
 
@@ -142,7 +147,12 @@ class StudentModelConfig:
 class BankConfig:
     """The anchor bank stored in a graph student (models/bank.py): the neighbour pool of the ``anchors`` policy."""
 
-    size: int = 1024  # m images, a stratified sample of the training split; 0 = no bank (batch policy only)
+    size: int | BankAll = 1024  # m images, a stratified sample of the training split; all = the whole split;
+    #                             0 = no bank (batch policy only)
+    search: Search = "torch"  # nearest anchors: torch (exact, blocked top-k, any device) | faiss (exact, IndexFlatL2)
+    #                           | faiss-ivf (approximate: an inverted file of nlist cells, nprobe of them searched)
+    nlist: int | None = None  # faiss-ivf cells; None: about 4 sqrt(m)
+    nprobe: int = 16  # faiss-ivf cells searched per query (recall against speed)
 
 
 @dataclass
@@ -198,6 +208,11 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

@@ -125,7 +125,8 @@ def build_student(cfg: StudentConfig, bundle: DataBundle) -> torch.nn.Module:
     """The student of ``cfg.model`` for this data, with an anchor bank of ``cfg.bank.size`` training images
     (stratified, chosen by the run's seed) when it is a graph student and the size is > 0."""
     shape = (bundle.in_channels, *bundle.image_size)
-    bank = cfg.bank.size if cfg.model.arch == "gnn" else 0
+    size = len(bundle.train) if cfg.bank.size == "all" else cfg.bank.size
+    bank = size if cfg.model.arch == "gnn" else 0
     in_features = shape[0] * shape[1] * shape[2]
     try:
         model = create_student(cfg.model, in_features, bundle.num_classes, image_shape=shape, bank_size=0)

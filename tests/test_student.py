@@ -482,3 +482,29 @@ def test_teacher_trained_on_other_data(runs, tmp_path):
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("cnn2gnn distill: error: "), err
     assert str(fake) in lines[0] and "0123456789abcdef" in lines[0] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("aggregate", ["gcn", "sage"])
+def test_a_batch_split_over_processes_computes_the_global_batch_graph(aggregate):
+    # two "processes" each holding part of the batch equal one process holding all of it: each gather returns what an
+    # all-gather would (the other part's tensor, computed from the whole batch), told apart by its width
+    from cnn2gnn.models.gnn import input_features
+
+    torch.manual_seed(0)
+    model = student(aggregate, graph_space="head").eval()
+    x = torch.randn(10, D)
+    parts = (slice(0, 6), slice(6, 10))
+    feats = input_features(x, model.embed)
+    hidden = torch.relu(model.conv1(feats, model.graph(model.space(feats))))
+    whole = {t.shape[1]: t for t in (model.space(feats), model.conv1.message(feats), model.conv2.message(hidden))}
+    assert len(whole) == 3  # graph space, hidden and class widths differ: the width names the tensor
+
+    def gather_for(rows: slice):
+        def gather(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
+            torch.testing.assert_close(t, whole[t.shape[1]][rows])  # this process's rows are its own
+            return torch.cat([t if r == rows else whole[t.shape[1]][r] for r in parts]), rows
+
+        return gather
+
+    split = torch.cat([model(x[rows], gather=gather_for(rows)) for rows in parts])
+    torch.testing.assert_close(split, model(x), rtol=1e-5, atol=1e-5)

@@ -5,6 +5,8 @@ two graph layers of one propagation rule (models/layers.py) and, for the ``ancho
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -14,7 +16,9 @@ from .bank import AnchorBank
 from .embed import check_image_shape, make_embedding
 from .layers import LAYERS, Edges, SAGELayer
 
-__all__ = ["GNNStudent", "input_features"]
+__all__ = ["GNNStudent", "Gather", "input_features"]
+
+Gather = Callable[[Tensor], tuple[Tensor, slice]]  # per-process rows -> (all processes' rows, this process's slice)
 
 
 def input_features(x: Tensor, embed: nn.Module | None) -> Tensor:
@@ -137,9 +141,16 @@ class GNNStudent(nn.Module):
         return self.conv1.project(x) if self.cfg.graph_space == "proj" else x
 
     # -- forward -------------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, *, graph: str = "batch", index: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, *, graph: str = "batch", index: Tensor | None = None, gather: Gather | None = None
+    ) -> Tensor:
         """Logits for the images ``x`` under the inference policy ``graph`` (``batch`` | ``anchors``). ``index``
-        (positions of ``x`` in the training split) keeps a training image from being its own anchor."""
+        (positions of ``x`` in the training split) keeps a training image from being its own anchor.
+
+        ``gather`` (batch policy, several processes): ``gather(t) -> (t_global, rows)`` concatenates a per-process
+        tensor over all processes, carrying gradients, and says which rows are this process's. The graph is then
+        built over the global batch, each process computing its own rows, so the batch graph means the same at any
+        number of processes (the anchors policy needs nothing: every process holds the same bank)."""
         x = self.in_drop(input_features(x, self.embed))
         if graph == "anchors":
             bank = self._bank_states()
@@ -148,9 +159,14 @@ class GNNStudent(nn.Module):
             return self.conv2(h, edges, bank["msg2"])
         if graph != "batch":
             raise ValueError(f"{type(self).__name__}: graph must be one of {self.policies}, got {graph!r}")
-        a = self.graph(self.space(x))  # sage: P, row-stochastic; gcn: the normalised, symmetrised A-hat
-        h = self.drop(torch.relu(self.conv1(x, a)))
-        return self.conv2(h, a)
+        if gather is None:
+            a = self.graph(self.space(x))  # sage: P, row-stochastic; gcn: the normalised, symmetrised A-hat
+            h = self.drop(torch.relu(self.conv1(x, a)))
+            return self.conv2(h, a)
+        v, rows = gather(self.space(x))
+        a = self.graph(v)[rows]  # this process's rows of the global batch's graph
+        h = self.drop(torch.relu(self.conv1(x, a, gather(self.conv1.message(x))[0])))
+        return self.conv2(h, a, gather(self.conv2.message(h))[0])
 
     def anchor_edges(self, x: Tensor, *, index: Tensor | None = None) -> Edges:
         """The anchors graph of the images ``x``: edge weights (n, k), largest first, and the positions of those
