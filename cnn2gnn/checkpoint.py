@@ -212,9 +212,13 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
             spec = meta["student"]
             shape = [meta["in_channels"], *meta["image_size"]] if "in_channels" in meta else None
             cfg = from_dict(StudentModelConfig, spec["model"])
-            return create_student(
+            model = create_student(
                 cfg, meta["in_features"], meta["num_classes"], image_shape=shape, bank_size=int(spec["bank"])
             )
+            if getattr(model, "bank", None) is not None and "search" in spec:
+                s = spec["search"]
+                model.bank.use_search(s["search"], nlist=s.get("nlist"), nprobe=s.get("nprobe", 16))
+            return model
     except (KeyError, TypeError, ValueError, UserError) as err:  # UserError: an architecture the registry lacks
         raise CheckpointError(f"{META}: cannot build a {kind} from this description ({err!r})") from None
     raise CheckpointError(f"{META}: unknown model kind '{kind}' (known: teacher, student)")

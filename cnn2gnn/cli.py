@@ -85,6 +85,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_search(model, search: str | None) -> None:
+    """``--search``: search a student's anchors with another backend than the one it was trained with."""
+    if search and getattr(model, "bank", None) is not None:
+        model.bank.use_search(search)
+
+
 def _load_for_eval(args: argparse.Namespace):
     from .checkpoint import load_model
     from .data import load_dataset
@@ -93,6 +99,7 @@ def _load_for_eval(args: argparse.Namespace):
 
     device = resolve_device(args.device)
     model, meta = load_model(args.model, device)
+    _use_search(model, args.search)
     name = args.data or meta["data"]
     root = args.data_root or (meta.get("data_root") if name == meta["data"] else None)  # where it was trained
     side = meta["image_size"][0] if len(set(meta["image_size"])) == 1 else None  # the model's own input size
@@ -152,6 +159,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"cnn2gnn predict: warning: {warning}", file=sys.stderr)
     device = resolve_device(args.device)
     model, meta = load_model(args.model, device)
+    _use_search(model, args.search)
     rows, skipped = predict(
         model, meta, files, batch_size=args.batch_size, top_k=args.top_k, device=device, progress=not args.quiet
     )

@@ -81,6 +81,17 @@ def pairwise_sq_dists(x: Tensor, y: Tensor | None = None, *, y_sq: Tensor | None
     return dist
 
 
+def candidate_sq_dists(x: Tensor, y: Tensor, y_sq: Tensor, index: Tensor) -> Tensor:
+    r""":math:`\|\mathbf{x}_i - \mathbf{y}_j\|^2` for the candidates ``j = index[i, l]`` of each row (e.g. from a
+    nearest-neighbour search), with gradients to both, as :func:`pairwise_sq_dists` computes them.
+
+    Shapes:
+        x :math:`(n, d)`, y :math:`(m, d)`, y_sq :math:`(m,)`, index :math:`(n, K)` -> :math:`(n, K)`
+    """
+    dot = torch.einsum("nd,nkd->nk", x, y[index])
+    return (x.pow(2).sum(dim=1, keepdim=True) + y_sq[index] - 2.0 * dot).clamp_min(0.0)
+
+
 def sparse_neighbours(
     dist: Tensor,
     k: int,
@@ -349,6 +360,20 @@ class SparseGraphLearner(nn.Module):
         if self.symmetric:
             p = symmetrize(p)
         return normalize_adj(p, self_loop=self.self_loop, mode=self.norm)
+
+    def among(
+        self, v: Tensor, anchors: Tensor, anchors_sq: Tensor, candidates: Tensor, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The anchors graph with each row's neighbours taken among its ``candidates`` (n, K) anchor positions (a
+        search's k + 1 nearest, or more), ``exclude`` (n, K) marking at most one candidate a row that may not be an
+        edge: ``(weights, positions)``, each (n, k), as ``forward(v, anchors, sparse=True)`` gives for exact
+        candidates. Gradients reach ``v`` and ``anchors`` through the candidates' distances."""
+        if self.detach:
+            v, anchors, anchors_sq = v.detach(), anchors.detach(), anchors_sq.detach()
+        dist = candidate_sq_dists(v, anchors, anchors_sq, candidates)
+        max_masked = None if exclude is None else 1
+        weights, col = sparse_neighbours(dist, self.k, mask=exclude, max_masked=max_masked)
+        return weights, candidates.gather(1, col)
 
     def edge_index(
         self,

@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=POLICIES,
         help="student inference policy (default: anchors when the model has a bank, else batch)",
     )
+    p.add_argument(
+        "--search",
+        choices=("torch", "faiss", "faiss-ivf"),
+        help="how a student finds its nearest anchors (default: as trained, bank.search)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="test batch size (default 256)")
     p.add_argument("--seeds", type=int, default=3, metavar="S", help="number of seeded shuffles (default 3)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="first shuffle seed: shuffles N..N+S-1 (default 0)")
@@ -179,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-size", type=int, default=256, metavar="N", help="images read and classified at a time (default 256)"
+    )
+    p.add_argument(
+        "--search",
+        choices=("torch", "faiss", "faiss-ivf"),
+        help="how a student finds its nearest anchors (default: as trained, bank.search)",
     )
     p.add_argument(
         "--top-k",

@@ -136,6 +136,7 @@ def build_student(cfg: StudentConfig, bundle: DataBundle) -> torch.nn.Module:
         idx = stratified_anchors(bundle.train.labels, bank, cfg.run.seed)
         batch = next(iter(make_batches(bundle, bundle.train.subset(idx), len(idx), "cpu", train=False, seed=0)))
         model.set_bank(batch.x, batch.y, idx)
+        model.bank.use_search(cfg.bank.search, nlist=cfg.bank.nlist, nprobe=cfg.bank.nprobe)
     return model
 
 
@@ -188,7 +189,7 @@ def train_student(
         "kind": "student",
         "in_features": model.in_features,
         "train_graph": graph,
-        "student": {"model": asdict(cfg.model), "bank": bank},
+        "student": {"model": asdict(cfg.model), "bank": bank, "search": asdict(cfg.bank) | {"size": bank}},
         "distill": {**asdict(cfg.distill), **({"teacher_sha256": provenance["teacher"]["sha256"]} if teacher else {})},
     }
     run.save(model, meta)

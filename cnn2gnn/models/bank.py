@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..search import SEARCHES, make_search, topk_torch
+
 __all__ = ["AnchorBank"]
 
 
@@ -27,15 +29,22 @@ class AnchorBank(nn.Module):
     :math:`\|\mathbf{v}_a\|^2`, each layer's messages) goes through :meth:`states`: in eval mode it is computed once and
     cached (detached); switching to training mode, :meth:`set` and loading weights clear the cache.
 
+    The nearest anchors of a query come from :meth:`nearest`: an exact torch top-k in training (the bank's states
+    change at every step), the configured ``search`` (:mod:`cnn2gnn.search`: ``torch``, ``faiss``, ``faiss-ivf``)
+    in eval mode, built once over the cached states.
+
     Args:
         size: :math:`m` (the buffers start as zeros, to be filled by :meth:`set` or by loading weights).
         in_features: :math:`D`, the flattened image size.
+        search, nlist, nprobe: the eval-mode search and its approximate index's cells and cells probed.
 
     Shapes:
         images :math:`(m, D)`, labels and index :math:`(m,)`; ``exclusion(index)`` :math:`(n, m)`
     """
 
-    def __init__(self, size: int, in_features: int) -> None:
+    def __init__(
+        self, size: int, in_features: int, *, search: str = "torch", nlist: int | None = None, nprobe: int = 16
+    ) -> None:
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise ValueError(f"{type(self).__name__}: size must be a positive integer, got size={size!r}")
@@ -43,6 +52,8 @@ class AnchorBank(nn.Module):
         self.register_buffer("labels", torch.zeros(size, dtype=torch.long))
         self.register_buffer("index", torch.zeros(size, dtype=torch.long))
         self._cache: dict[str, Tensor] | None = None
+        self.search, self.nlist, self.nprobe = search, nlist, nprobe
+        self._index = None  # the eval-mode search over the cached states
         self.register_load_state_dict_post_hook(lambda module, _: module.clear())
 
     def __len__(self) -> int:
@@ -62,9 +73,26 @@ class AnchorBank(nn.Module):
         self.index = index.to(self.images.device, torch.long).clone()
         self.clear()
 
+    def use_search(self, search: str, *, nlist: int | None = None, nprobe: int = 16) -> AnchorBank:
+        """Search the bank with ``search`` (``torch`` | ``faiss`` | ``faiss-ivf``) in eval mode from now on."""
+        if search not in SEARCHES:
+            raise ValueError(f"{type(self).__name__}: search must be one of {SEARCHES}, got {search!r}")
+        self.search, self.nlist, self.nprobe, self._index = search, nlist, nprobe, None
+        return self
+
     def clear(self) -> None:
-        """Forget the cached states (they are recomputed from the current weights when next needed)."""
-        self._cache = None
+        """Forget the cached states and search (they are rebuilt from the current weights when next needed)."""
+        self._cache = self._index = None
+
+    def nearest(self, queries: Tensor, k: int, bank: Tensor, bank_sq: Tensor) -> Tensor:
+        """Positions (n, min(k, m)) of the ``k`` rows of ``bank`` (the bank's graph-space positions) nearest to each
+        query: exact in training; with the configured search in eval mode (built once per cache)."""
+        if self.training or self.search == "torch":
+            return topk_torch(queries, bank, k, bank_sq=bank_sq)
+        key = (bank.data_ptr(), tuple(bank.shape))  # the same states (a detached view shares the storage)
+        if self._index is None or self._index[0] != key:
+            self._index = (key, make_search(self.search, bank, bank_sq, nlist=self.nlist, nprobe=self.nprobe))
+        return self._index[1](queries, k)
 
     def train(self, mode: bool = True) -> AnchorBank:
         self.clear()
@@ -85,9 +113,11 @@ class AnchorBank(nn.Module):
         """``True`` on the diagonal, shape (m, m): an anchor is not its own neighbour in the bank's graph."""
         return torch.eye(len(self), dtype=torch.bool, device=self.images.device)
 
-    def exclusion(self, index: Tensor) -> Tensor:
-        """``True`` where a query at training-split position ``index[i]`` is anchor ``j`` itself, shape (n, m)."""
-        return index.to(self.index.device)[:, None] == self.index[None, :]
+    def exclusion(self, index: Tensor, positions: Tensor | None = None) -> Tensor:
+        """``True`` where a query at training-split position ``index[i]`` is the anchor itself: over the whole bank,
+        shape (n, m), or over the candidate anchors ``positions`` (n, K)."""
+        index = index.to(self.index.device)[:, None]
+        return index == (self.index[None, :] if positions is None else self.index[positions])
 
     def extra_repr(self) -> str:
-        return f"size={len(self)}, in_features={self.images.shape[1]}"
+        return f"size={len(self)}, in_features={self.images.shape[1]}, search={self.search}"

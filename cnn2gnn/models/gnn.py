@@ -175,9 +175,13 @@ class GNNStudent(nn.Module):
         return self._edges(x, index, self._bank_states())
 
     def _edges(self, x: Tensor, index: Tensor | None, bank: dict[str, Tensor]) -> Edges:
-        exclude = self.bank.exclusion(index) if index is not None and self.training else None
-        # a training image has at most one copy in the bank (its positions are distinct): no host synchronisation
-        return self.graph(self.space(x), bank["v"], exclude, anchors_sq=bank["v_sq"], sparse=True, max_excluded=1)
+        v = self.space(x)
+        excluding = index is not None and self.training  # a training image is never its own anchor
+        # the k + 1 nearest anchors (one more when the image's own copy may be among them: at most one, positions
+        # in the bank being distinct), then the closed-form weights over their distances
+        positions = self.bank.nearest(v.detach(), self.graph.k + 1 + excluding, bank["v"], bank["v_sq"])
+        exclude = self.bank.exclusion(index, positions) if excluding else None
+        return self.graph.among(v, bank["v"], bank["v_sq"], positions, exclude)
 
     def _bank_states(self) -> dict[str, Tensor]:
         """The bank's graph-space positions and the messages it sends at each layer (cached in eval mode)."""
@@ -187,8 +191,11 @@ class GNNStudent(nn.Module):
         def compute() -> dict[str, Tensor]:
             xa = self.in_drop(input_features(self.bank.images, self.embed))
             va = self.space(xa)
-            # the bank's own graph, an anchor not its own neighbour
-            edges = self.graph(va, va, self.bank.self_mask(), sparse=True, max_excluded=1)
+            # the bank's own graph, an anchor not its own neighbour (it is among its own k + 2 nearest)
+            va_sq = va.pow(2).sum(dim=1)
+            positions = self.bank.nearest(va.detach(), self.graph.k + 2, va.detach(), va_sq.detach())
+            own = positions == torch.arange(len(va), device=va.device)[:, None]
+            edges = self.graph.among(va, va, va_sq, positions, own)
             msg1 = self.conv1.message(xa)
             ha = self.drop(torch.relu(self.conv1(xa, edges, msg1)))
             msg2 = self.conv2.message(ha)

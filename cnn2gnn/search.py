@@ -1,0 +1,102 @@
+"""Nearest anchors behind one interface (docs/method.md section 5; issue 15): an exact top-k in torch, blocked so that
+banks up to the whole training split fit in memory, and faiss (exact ``IndexFlatL2``, approximate ``IndexIVFFlat``)
+for large banks. A search returns positions only; the student recomputes the distances of the anchors it selected,
+with gradients, so every backend gives the same graph head (exactly, for the exact ones).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .graph import pairwise_sq_dists
+
+SEARCHES = ("torch", "faiss", "faiss-ivf")
+BLOCK = 1 << 24  # distances held at once by the torch search (64 MiB of float32)
+
+
+@torch.no_grad()
+def topk_torch(queries: Tensor, bank: Tensor, k: int, *, bank_sq: Tensor | None = None, block: int = BLOCK) -> Tensor:
+    r"""Positions of the ``k`` nearest rows of ``bank`` for each query (squared Euclidean), nearest first: exact.
+
+    With :math:`n m \le` ``block`` one product and one ``topk``, no loop and no host synchronisation (the path a
+    compiled or exported model takes); otherwise blocks of queries against blocks of the bank, each block's
+    top-k merged into a running top-k, so memory stays at ``block`` distances whatever the bank's size.
+
+    Shapes:
+        queries :math:`(n, d)`, bank :math:`(m, d)` -> :math:`(n, \min(k, m))` int64
+    """
+    n, m = queries.shape[0], bank.shape[0]
+    k = min(k, m)
+    if n * m <= block:
+        return pairwise_sq_dists(queries, bank, y_sq=bank_sq).topk(k, dim=1, largest=False).indices
+    if bank_sq is None:
+        bank_sq = bank.pow(2).sum(dim=1)
+    rows = max(1, block // m) if m <= block else 1024
+    cols = m if m <= block else max(k, block // rows)
+    out = []
+    for q in queries.split(rows):
+        best_d = best_i = None
+        for start in range(0, m, cols):
+            d = pairwise_sq_dists(q, bank[start : start + cols], y_sq=bank_sq[start : start + cols])
+            d, i = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+            i = i + start
+            if best_d is not None:
+                d, j = torch.cat([best_d, d], dim=1).topk(k, dim=1, largest=False)
+                i = torch.cat([best_i, i], dim=1).gather(1, j)
+            best_d, best_i = d, i
+        out.append(best_i)
+    return torch.cat(out)
+
+
+class TorchSearch:
+    """Exact search with :func:`topk_torch` on the bank's device (the default; what training always uses)."""
+
+    kind = "torch"
+
+    def __init__(self, bank: Tensor, bank_sq: Tensor | None = None) -> None:
+        self.bank, self.bank_sq = bank, bank_sq
+
+    def __call__(self, queries: Tensor, k: int) -> Tensor:
+        return topk_torch(queries, self.bank, k, bank_sq=self.bank_sq)
+
+
+class FaissSearch:
+    """faiss on the CPU: ``IndexFlatL2`` (exact) or ``IndexIVFFlat`` with ``nlist`` cells, ``nprobe`` searched per
+    query (approximate; trained on the bank itself). Built once per bank; positions come back as torch int64."""
+
+    def __init__(self, bank: Tensor, *, approximate: bool = False, nlist: int | None = None, nprobe: int = 16) -> None:
+        try:
+            import faiss
+        except ImportError:
+            raise UserError("bank.search=faiss needs faiss: pip install 'cnn2gnn[faiss]'") from None
+        data = bank.detach().float().cpu().contiguous().numpy()
+        m, d = data.shape
+        if approximate:
+            nlist = max(1, min(m // 39, nlist or int(4 * math.sqrt(m))))  # faiss wants >= 39 points a cell to train
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+            self.index.train(data)
+            self.index.nprobe = min(nprobe, nlist)
+        else:
+            self.index = faiss.IndexFlatL2(d)
+        self.index.add(data)
+        self.kind = "faiss-ivf" if approximate else "faiss"
+        self.device = bank.device
+
+    def __call__(self, queries: Tensor, k: int) -> Tensor:
+        _, index = self.index.search(queries.detach().float().cpu().contiguous().numpy(), min(k, self.index.ntotal))
+        index = torch.from_numpy(index).to(self.device)
+        # an approximate search can come back short (-1): repeat the row's nearest found anchor
+        return torch.where(index < 0, index[:, :1], index)
+
+
+def make_search(kind: str, bank: Tensor, bank_sq: Tensor | None = None, *, nlist: int | None = None, nprobe: int = 16):
+    """The search ``kind`` (``torch`` | ``faiss`` | ``faiss-ivf``) over the rows of ``bank``."""
+    if kind == "torch":
+        return TorchSearch(bank, bank_sq)
+    if kind in ("faiss", "faiss-ivf"):
+        return FaissSearch(bank, approximate=kind == "faiss-ivf", nlist=nlist, nprobe=nprobe)
+    raise UserError(f"unknown anchor search '{kind}' (known: {', '.join(SEARCHES)})")
