@@ -343,3 +343,13 @@ def test_bench_help(capsys):
     text = capsys.readouterr().out
     for word in ("--preset", "--out", "--data", "reused", "tiny", "quick", "full", "long", "FILE.yaml", "base: quick"):
         assert word in text
+
+
+def test_a_preset_may_train_only_some_baseline_rows(tmp_path):
+    path = tmp_path / "lean.yaml"
+    path.write_text("base: tiny\nstudents: [mlp-kd]\nsweeps: []\n")
+    names = {job.name for job in plan(load_preset(path))}
+    assert names == {"teacher-resnet8", "teacher-resnet20", "mlp-kd", METHOD}  # the method itself always
+    path.write_text("base: tiny\nstudents: [mlp-xx]\n")
+    with pytest.raises(UserError, match="unknown student row 'mlp-xx'"):
+        plan(load_preset(path))

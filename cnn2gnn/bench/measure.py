@@ -186,7 +186,7 @@ def learned_graph(
     graph: dict[str, Any] = {"classes": list(bundle.classes), "homophily": {}}
     figures: dict[str, str] = {}
     for name in (METHOD, "gnn-ce", "gnn-pixels-kd"):
-        if "anchors" not in rows[name]["policies"]:
+        if name not in rows or "anchors" not in rows[name]["policies"]:
             continue
         model, meta = load_model(firsts[name], device)
         per_class = homophily(model, meta, bundle, device)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import StudentConfig, TeacherConfig, build_config, to_dict
+from ..errors import UserError
 from .presets import Preset
 
 # name -> (label, overrides, distilled): the baselines of docs/method.md section 6 and the method itself
@@ -71,8 +72,12 @@ def plan_rows(preset: Preset) -> tuple[dict[str, Row], dict[str, list[tuple[Any,
         rows[name] = Row(name, label, "student", group, overrides, distiller if kd else None)
         return name
 
+    unknown = sorted(set(preset.students) - set(STUDENTS))
+    if unknown:
+        raise UserError(f"preset: unknown student row '{unknown[0]}' (known: {', '.join(STUDENTS)})")
     for name, (label, overrides, kd) in STUDENTS.items():
-        add(name, label, overrides, kd, "main")
+        if not preset.students or name in preset.students or name == METHOD:
+            add(name, label, overrides, kd, "main")
     sweeps: dict[str, list[tuple[Any, str]]] = {}
     base = STUDENTS[METHOD][1]
     for sw in preset.sweeps:

@@ -66,6 +66,7 @@ class Preset:
     eval_batch_size: int = 256  # test batch size of the accuracy table
     speed_seconds: float = 1.0  # minimum timing of each images/s measurement
     neighbours: int = 8  # test images in the nearest-anchors picture
+    students: tuple[str, ...] = ()  # the baseline rows to train (names of cnn2gnn.bench.plan.STUDENTS); () = all
 
     def __post_init__(self) -> None:
         _tuples(self)
