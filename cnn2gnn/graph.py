@@ -329,13 +329,18 @@ class SparseGraphLearner(nn.Module):
         anchors_sq: Tensor | None = None,
         sparse: bool = False,
         max_excluded: int | None = None,
+        candidates: Tensor | None = None,
+        dist: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Build the graph. Anchors mode only: ``exclude`` (bool, (n, m)) marks pairs that may not be edges, e.g. a
         training image and its own copy in the anchor bank (``max_excluded``: at most that many per row, which
         spares a host synchronisation, see :func:`sparse_neighbours`); ``anchors_sq`` (m,) are the anchors'
         precomputed squared norms (a fixed bank needs them once); ``sparse=True`` returns the graph as
         ``(weights, index)``, each (n, k), from :func:`sparse_neighbours`, so that a node can gather its k anchors
-        instead of multiplying by a dense (n, m) matrix."""
+        instead of multiplying by a dense (n, m) matrix. ``candidates`` (n, K): each row's neighbours are taken among
+        these anchor positions only (a search's k + 1 nearest or more; ``exclude`` then (n, K), at most one a row),
+        their distances recomputed with gradients, or the search's ``dist`` (n, K) used when none is needed; the
+        result is ``(weights, positions)`` as ``sparse=True`` gives for exact candidates."""
         name = type(self).__name__
         _check_matrix(name, "v", v)
         if self.detach:
@@ -346,6 +351,12 @@ class SparseGraphLearner(nn.Module):
             _check_matrix(name, "anchors", anchors)
             if anchors.shape[0] == 0:
                 raise ValueError(f"{name}: anchors is empty, got {tuple(anchors.shape)}")
+            if candidates is not None:
+                if dist is None:
+                    dist = candidate_sq_dists(v, anchors, anchors_sq, candidates)
+                most = None if exclude is None else 1
+                weights, col = sparse_neighbours(dist, self.k, mask=exclude, max_masked=most)
+                return weights, candidates.gather(1, col)
             dist = pairwise_sq_dists(v, anchors, y_sq=anchors_sq)
             if sparse:
                 return sparse_neighbours(dist, self.k, mask=exclude, max_masked=max_excluded)
@@ -360,20 +371,6 @@ class SparseGraphLearner(nn.Module):
         if self.symmetric:
             p = symmetrize(p)
         return normalize_adj(p, self_loop=self.self_loop, mode=self.norm)
-
-    def among(
-        self, v: Tensor, anchors: Tensor, anchors_sq: Tensor, candidates: Tensor, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The anchors graph with each row's neighbours taken among its ``candidates`` (n, K) anchor positions (a
-        search's k + 1 nearest, or more), ``exclude`` (n, K) marking at most one candidate a row that may not be an
-        edge: ``(weights, positions)``, each (n, k), as ``forward(v, anchors, sparse=True)`` gives for exact
-        candidates. Gradients reach ``v`` and ``anchors`` through the candidates' distances."""
-        if self.detach:
-            v, anchors, anchors_sq = v.detach(), anchors.detach(), anchors_sq.detach()
-        dist = candidate_sq_dists(v, anchors, anchors_sq, candidates)
-        max_masked = None if exclude is None else 1
-        weights, col = sparse_neighbours(dist, self.k, mask=exclude, max_masked=max_masked)
-        return weights, candidates.gather(1, col)
 
     def edge_index(
         self,

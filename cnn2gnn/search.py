@@ -1,7 +1,7 @@
 """Nearest anchors behind one interface (docs/method.md section 5; issue 15): an exact top-k in torch, blocked so that
 banks up to the whole training split fit in memory, and faiss (exact ``IndexFlatL2``, approximate ``IndexIVFFlat``)
-for large banks. A search returns positions only; the student recomputes the distances of the anchors it selected,
-with gradients, so every backend gives the same graph head (exactly, for the exact ones).
+for large banks. A search returns squared distances and positions; in training the student recomputes the distances of
+the anchors it selected, with gradients, so every backend gives the same graph head (exactly, for the exact ones).
 """
 
 from __future__ import annotations
@@ -19,25 +19,27 @@ BLOCK = 1 << 24  # distances held at once by the torch search (64 MiB of float32
 
 
 @torch.no_grad()
-def topk_torch(queries: Tensor, bank: Tensor, k: int, *, bank_sq: Tensor | None = None, block: int = BLOCK) -> Tensor:
-    r"""Positions of the ``k`` nearest rows of ``bank`` for each query (squared Euclidean), nearest first: exact.
+def topk_torch(
+    queries: Tensor, bank: Tensor, k: int, *, bank_sq: Tensor | None = None, block: int = BLOCK
+) -> tuple[Tensor, Tensor]:
+    r"""Squared distances and positions of the ``k`` nearest rows of ``bank`` for each query, nearest first: exact.
 
     With :math:`n m \le` ``block`` one product and one ``topk``, no loop and no host synchronisation (the path a
     compiled or exported model takes); otherwise blocks of queries against blocks of the bank, each block's
     top-k merged into a running top-k, so memory stays at ``block`` distances whatever the bank's size.
 
     Shapes:
-        queries :math:`(n, d)`, bank :math:`(m, d)` -> :math:`(n, \min(k, m))` int64
+        queries :math:`(n, d)`, bank :math:`(m, d)` -> both :math:`(n, \min(k, m))`, float and int64
     """
     n, m = queries.shape[0], bank.shape[0]
     k = min(k, m)
-    if n * m <= block:
-        return pairwise_sq_dists(queries, bank, y_sq=bank_sq).topk(k, dim=1, largest=False).indices
+    if torch.compiler.is_exporting() or n * m <= block:  # an exported graph takes any batch size: one pass
+        return pairwise_sq_dists(queries, bank, y_sq=bank_sq).topk(k, dim=1, largest=False)
     if bank_sq is None:
         bank_sq = bank.pow(2).sum(dim=1)
     rows = max(1, block // m) if m <= block else 1024
     cols = m if m <= block else max(k, block // rows)
-    out = []
+    dists, out = [], []
     for q in queries.split(rows):
         best_d = best_i = None
         for start in range(0, m, cols):
@@ -48,8 +50,9 @@ def topk_torch(queries: Tensor, bank: Tensor, k: int, *, bank_sq: Tensor | None 
                 d, j = torch.cat([best_d, d], dim=1).topk(k, dim=1, largest=False)
                 i = torch.cat([best_i, i], dim=1).gather(1, j)
             best_d, best_i = d, i
+        dists.append(best_d)
         out.append(best_i)
-    return torch.cat(out)
+    return torch.cat(dists), torch.cat(out)
 
 
 class TorchSearch:
@@ -60,7 +63,7 @@ class TorchSearch:
     def __init__(self, bank: Tensor, bank_sq: Tensor | None = None) -> None:
         self.bank, self.bank_sq = bank, bank_sq
 
-    def __call__(self, queries: Tensor, k: int) -> Tensor:
+    def __call__(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return topk_torch(queries, self.bank, k, bank_sq=self.bank_sq)
 
 
@@ -86,11 +89,12 @@ class FaissSearch:
         self.kind = "faiss-ivf" if approximate else "faiss"
         self.device = bank.device
 
-    def __call__(self, queries: Tensor, k: int) -> Tensor:
-        _, index = self.index.search(queries.detach().float().cpu().contiguous().numpy(), min(k, self.index.ntotal))
-        index = torch.from_numpy(index).to(self.device)
+    def __call__(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        dist, index = self.index.search(queries.detach().float().cpu().contiguous().numpy(), min(k, self.index.ntotal))
+        dist, index = torch.from_numpy(dist).to(self.device), torch.from_numpy(index).to(self.device)
         # an approximate search can come back short (-1): repeat the row's nearest found anchor
-        return torch.where(index < 0, index[:, :1], index)
+        short = index < 0
+        return torch.where(short, dist[:, :1], dist), torch.where(short, index[:, :1], index)
 
 
 def make_search(kind: str, bank: Tensor, bank_sq: Tensor | None = None, *, nlist: int | None = None, nprobe: int = 16):

@@ -59,8 +59,8 @@ def bank_rows(model, meta, bundle, sizes, k: int) -> list[str]:
             with torch.no_grad():
                 v = model.space(input_features(test[:1000], model.embed))
                 states = model.bank._cache
-                found = model.bank.nearest(v, k, states["v"], states["v_sq"])
-                exact = topk_torch(v, states["v"], k, bank_sq=states["v_sq"]) if exact is None else exact
+                found = model.bank.nearest(v, k, states["v"], states["v_sq"])[1]
+                exact = topk_torch(v, states["v"], k, bank_sq=states["v_sq"])[1] if exact is None else exact
             acc = evaluate_accuracy(model, meta, bundle.test, graph="anchors", seeds=(0,), sorted_check=False)["mean"]
             r = recall(found, exact)
             rows.append(f"| {m:,} | {search} | {build:.2f} | {latency:.3f} | {r:.3f} | {100 * acc:.2f} |")
@@ -74,14 +74,14 @@ def synthetic_rows(n: int, d: int, k: int, queries: int = 1000) -> list[str]:
     bank = centres[torch.randint(0, 1000, (n,), generator=g)] + torch.randn(n, d, generator=g)
     q = centres[torch.randint(0, 1000, (queries,), generator=g)] + torch.randn(queries, d, generator=g)
     bank_sq = bank.pow(2).sum(dim=1)
-    exact = topk_torch(q, bank, k, bank_sq=bank_sq)
+    exact = topk_torch(q, bank, k, bank_sq=bank_sq)[1]
     rows = []
     for search in SEARCHES:
         t0 = time.perf_counter()
         index = make_search(search, bank, bank_sq)
         build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        found = torch.cat([index(part, k) for part in q.split(256)])
+        found = torch.cat([index(part, k)[1] for part in q.split(256)])
         latency = 1000.0 * (time.perf_counter() - t0) / queries
         r = recall(found, exact)
         rows.append(f"| {n:,} (synthetic, {d}-d) | {search} | {build:.2f} | {latency:.3f} | {r:.3f} | - |")

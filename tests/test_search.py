@@ -29,15 +29,15 @@ def test_blocked_topk_equals_one_topk():
     q, bank = _points(37, 8, 0), _points(501, 8, 1)
     full = pairwise_sq_dists(q, bank).topk(6, dim=1, largest=False).indices
     for block in (1 << 20, 600, 64, 7):  # one pass; rows of queries; blocks of the bank merged
-        assert torch.equal(topk_torch(q, bank, 6, block=block), full), block
-    assert topk_torch(q, bank[:4], 6).shape == (37, 4)  # k clamped to the bank
+        assert torch.equal(topk_torch(q, bank, 6, block=block)[1], full), block
+    assert topk_torch(q, bank[:4], 6)[1].shape == (37, 4)  # k clamped to the bank
 
 
 def test_faiss_exact_finds_the_torch_neighbours():
     pytest.importorskip("faiss")
     q, bank = _points(50, 16, 2), _points(2000, 16, 3)
-    exact = topk_torch(q, bank, 11)
-    found = make_search("faiss", bank)(q, 11)
+    exact = topk_torch(q, bank, 11)[1]
+    found = make_search("faiss", bank)(q, 11)[1]
     assert (found == exact).float().mean() > 0.99  # ties in float32 aside
     d = pairwise_sq_dists(q, bank)
     torch.testing.assert_close(d.gather(1, found), d.gather(1, exact), rtol=1e-4, atol=1e-4)
@@ -46,8 +46,8 @@ def test_faiss_exact_finds_the_torch_neighbours():
 def test_faiss_ivf_recall_on_a_clustered_bank():
     pytest.importorskip("faiss")
     q, bank = _points(200, 16, 4, clusters=20), _points(5000, 16, 5, clusters=20)
-    exact = topk_torch(q, bank, 10)
-    approx = make_search("faiss-ivf", bank, nlist=32, nprobe=8)(q, 10)
+    exact = topk_torch(q, bank, 10)[1]
+    approx = make_search("faiss-ivf", bank, nlist=32, nprobe=8)(q, 10)[1]
     recall = np.mean([len(set(a.tolist()) & set(e.tolist())) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall > 0.9
 
@@ -57,7 +57,7 @@ def test_candidates_give_the_dense_anchors_graph():
     v, bank = _points(9, 5, 6).requires_grad_(), _points(30, 5, 7).requires_grad_()
     bank_sq = bank.pow(2).sum(dim=1)
     weights, index = learner(v, bank, sparse=True, anchors_sq=bank_sq)
-    w2, i2 = learner.among(v, bank, bank_sq, topk_torch(v, bank, 5))
+    w2, i2 = learner(v, bank, anchors_sq=bank_sq, candidates=topk_torch(v, bank, 5)[1])
     torch.testing.assert_close(w2, weights)
     assert torch.equal(i2, index)
     (w2 * torch.arange(4.0)).sum().backward()

@@ -84,9 +84,10 @@ class AnchorBank(nn.Module):
         """Forget the cached states and search (they are rebuilt from the current weights when next needed)."""
         self._cache = self._index = None
 
-    def nearest(self, queries: Tensor, k: int, bank: Tensor, bank_sq: Tensor) -> Tensor:
-        """Positions (n, min(k, m)) of the ``k`` rows of ``bank`` (the bank's graph-space positions) nearest to each
-        query: exact in training; with the configured search in eval mode (built once per cache)."""
+    def nearest(self, queries: Tensor, k: int, bank: Tensor, bank_sq: Tensor) -> tuple[Tensor, Tensor]:
+        """Squared distances and positions, each (n, min(k, m)), of the ``k`` rows of ``bank`` (the bank's
+        graph-space positions) nearest to each query: exact in training; the configured search in eval mode (built
+        once per cache)."""
         if self.training or self.search == "torch":
             return topk_torch(queries, bank, k, bank_sq=bank_sq)
         key = (bank.data_ptr(), tuple(bank.shape))  # the same states (a detached view shares the storage)

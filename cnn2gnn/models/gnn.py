@@ -179,9 +179,12 @@ class GNNStudent(nn.Module):
         excluding = index is not None and self.training  # a training image is never its own anchor
         # the k + 1 nearest anchors (one more when the image's own copy may be among them: at most one, positions
         # in the bank being distinct), then the closed-form weights over their distances
-        positions = self.bank.nearest(v.detach(), self.graph.k + 1 + excluding, bank["v"], bank["v_sq"])
+        dist, positions = self.bank.nearest(v.detach(), self.graph.k + 1 + excluding, bank["v"], bank["v_sq"])
         exclude = self.bank.exclusion(index, positions) if excluding else None
-        return self.graph.among(v, bank["v"], bank["v_sq"], positions, exclude)
+        grad = torch.is_grad_enabled() and (v.requires_grad or bank["v"].requires_grad)
+        return self.graph(
+            v, bank["v"], exclude, anchors_sq=bank["v_sq"], candidates=positions, dist=None if grad else dist
+        )
 
     def _bank_states(self) -> dict[str, Tensor]:
         """The bank's graph-space positions and the messages it sends at each layer (cached in eval mode)."""
@@ -193,9 +196,9 @@ class GNNStudent(nn.Module):
             va = self.space(xa)
             # the bank's own graph, an anchor not its own neighbour (it is among its own k + 2 nearest)
             va_sq = va.pow(2).sum(dim=1)
-            positions = self.bank.nearest(va.detach(), self.graph.k + 2, va.detach(), va_sq.detach())
+            _, positions = self.bank.nearest(va.detach(), self.graph.k + 2, va.detach(), va_sq.detach())
             own = positions == torch.arange(len(va), device=va.device)[:, None]
-            edges = self.graph.among(va, va, va_sq, positions, own)
+            edges = self.graph(va, va, own, anchors_sq=va_sq, candidates=positions)
             msg1 = self.conv1.message(xa)
             ha = self.drop(torch.relu(self.conv1(xa, edges, msg1)))
             msg2 = self.conv2.message(ha)
