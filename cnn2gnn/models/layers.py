@@ -29,6 +29,7 @@ def gather(edges: Edges, messages: Tensor) -> Tensor:
         - output: :math:`(n, f)`
     """
     weight, index = edges
+    weight = weight.to(messages.dtype)  # under autocast the weights may come in another precision
     if torch.compiler.is_exporting():  # ONNX has no embedding_bag: k gathered rows and a weighted sum export anywhere
         return (messages[index] * weight.unsqueeze(-1)).sum(dim=1)
     return F.embedding_bag(index, messages, per_sample_weights=weight, mode="sum")
