@@ -1,5 +1,6 @@
 """The set-up every training recipe shares (teacher.py, student.py): seed and threads, device, data, batches, the run
-folder's config.yaml and manifest.json, the fit loop with the config's schedule, and the model folder at the end.
+folder's config.yaml and manifest.json, the fit loop with the config's schedule, and the model folder at the end;
+under ``torchrun``, the processes (distributed.py) with rank 0 writing the run folder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .checkpoint import atomic_write_json, save_model_dir
 from .config import DataConfig, dump_yaml
 from .data import Augment, BatchIterator, DataBundle, Split, load_dataset, resolve_root
 from .data.regimes import apply_regime
+from .distributed import SINGLE, World
 from .errors import UserError
 from .train import FitResult, Step, fit, make_scheduler
 
@@ -64,14 +66,17 @@ def holds_run(out: Path) -> bool:
     return any((out / f).exists() for f in (*RUN_FILES, *RUN_DIRS))
 
 
-def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+def prepare_out(out: Path, *, resume: bool, overwrite: bool, remove: bool = True) -> None:
     """Refuse to write a run over another unless asked: ``resume`` continues it, ``overwrite`` first removes it
-    (its run files only; anything else in the folder stays). A refusal leaves the folder untouched."""
+    (its run files only; anything else in the folder stays; not unless ``remove``: the processes other than rank 0
+    only check). A refusal leaves the folder untouched."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: continue the run in the folder, or replace it")
     if not holds_run(out):
         return
     if overwrite:
+        if not remove:
+            return
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for name in RUN_DIRS:
@@ -122,9 +127,11 @@ def make_batches(
     seed: int,
     augment: Augment | None = None,
     shuffle: bool | None = None,
+    world: World = SINGLE,
 ) -> BatchIterator:
     """Batches of ``split``; training shuffles, augments and drops a ragged last batch. Evaluation of a graph that
-    depends on batch-mates passes ``shuffle=True`` (a fixed seeded permutation, never class-sorted)."""
+    depends on batch-mates passes ``shuffle=True`` (a fixed seeded permutation, never class-sorted). Training in
+    several processes (``world``): this process's share of each global batch, a ragged last batch always dropped."""
     shuffle = train if shuffle is None else shuffle
     return BatchIterator(
         split,
@@ -133,9 +140,11 @@ def make_batches(
         std=bundle.std,
         shuffle=shuffle,
         seed=seed,
-        drop_last=train and len(split) > batch_size,
+        drop_last=train and (len(split) > batch_size or world.size > 1),
         augment=augment if train else None,
         device=device,
+        rank=world.rank if train else 0,
+        world=world.size if train else 1,
     )
 
 
@@ -190,27 +199,39 @@ class Run:
     device: torch.device
     bundle: DataBundle
     resume: bool
+    world: World = SINGLE  # the processes under torchrun; rank 0 writes the run folder
 
     @classmethod
     def start(
         cls, cfg: Any, out: str | Path, *, resume: bool = False, overwrite: bool = False, data: DataConfig | None = None
     ) -> Run:
-        """Check the folder (see :func:`prepare_out`) and the device, seed torch, load the data (``data``, or the
-        config's data section)."""
+        """Check the folder (see :func:`prepare_out`) and the device, join the other processes under torchrun
+        (:class:`~cnn2gnn.distributed.World`: one device each), seed torch, load the data (``data``, or the config's
+        data section; rank 0 first, in case it downloads)."""
         out = Path(out)
-        device = resolve_device(cfg.run.device)
+        world = World.from_env()
+        device = world.device(resolve_device(cfg.run.device))
+        if cfg.optim.batch_size % world.size:
+            raise UserError(f"optim.batch_size={cfg.optim.batch_size} must divide among the {world.size} processes")
         if cfg.run.tensorboard:  # before anything is written: a missing package is not a half-made run
             _need_tensorboard()
-        prepare_out(out, resume=resume, overwrite=overwrite)
+        prepare_out(out, resume=resume, overwrite=overwrite, remove=world.main)
+        world.init(device)  # after rank 0 has cleared the folder: no process writes into it before that
         torch.manual_seed(cfg.run.seed)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        return cls(absolute_paths(cfg), out, device, build_data(data or cfg.data), resume)
+        with world.main_first():
+            bundle = build_data(data or cfg.data)
+        return cls(absolute_paths(cfg), out, device, bundle, resume, world)
 
     def say(self, message: str) -> None:
-        """One line for the user on stderr (progress and warnings), unless run.progress is off."""
-        if self.cfg.run.progress or message.startswith("warning"):
+        """One line for the user on stderr (progress and warnings), unless run.progress is off; rank 0 only."""
+        if self.world.main and (self.cfg.run.progress or message.startswith("warning")):
             print(f"cnn2gnn: {message}", file=sys.stderr)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training step runs: ``model`` itself, or in DistributedDataParallel under torchrun."""
+        return self.world.wrap(model, self.device)
 
     def augment(self) -> Augment | None:
         d = self.cfg.data
@@ -218,11 +239,18 @@ class Run:
 
     def train_batches(self, split: Split | None = None) -> BatchIterator:
         """The training split (or ``split``) in seeded, shuffled (with data.augment, augmented) batches of
-        optim.batch_size."""
-        return make_batches(
-            self.bundle, self.bundle.train if split is None else split, self.cfg.optim.batch_size, self.device,
-            train=True, seed=self.cfg.run.seed, augment=self.augment(),
+        optim.batch_size (this process's share of them under torchrun)."""
+        split = self.bundle.train if split is None else split
+        batches = make_batches(
+            self.bundle, split, self.cfg.optim.batch_size, self.device,
+            train=True, seed=self.cfg.run.seed, augment=self.augment(), world=self.world,
         )  # fmt: skip
+        if self.world.size > 1 and not len(batches):
+            raise UserError(
+                f"the training split ({len(split)} images) is smaller than optim.batch_size={batches.batch_size}, "
+                f"the global batch of the {self.world.size} processes"
+            )
+        return batches
 
     def eval_batches(self, *, seed: int, shuffle: bool) -> dict[str, BatchIterator]:
         """``{"val": ..., "test": ...}`` (the splits that are not empty) in batches of run.eval_batch_size."""
@@ -243,6 +271,7 @@ class Run:
             "device": str(self.device),
             "seed": self.cfg.run.seed,
             "data": data_summary(self.bundle),
+            **self.world.describe(),
             **(extra or {}),
         }
 
@@ -255,33 +284,44 @@ class Run:
         optimizer: torch.optim.Optimizer,
         manifest: dict[str, Any] | None = None,
     ) -> tuple[FitResult, dict[str, Any]]:
-        """Write the resolved config and the manifest into the run folder, then train with the config's schedule."""
+        """Write the resolved config and the manifest into the run folder, then train with the config's schedule.
+        ``model`` is the unwrapped module; ``step`` runs :meth:`wrap`'s."""
         from .models.cnn import count_parameters
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        dump_yaml(self.cfg, self.out / "config.yaml")
         manifest = self.manifest({"parameters": count_parameters(model), **(manifest or {})})
-        atomic_write_json(self.out / "manifest.json", manifest)
+        if self.world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_yaml(self.cfg, self.out / "config.yaml")
+            atomic_write_json(self.out / "manifest.json", manifest)
         optim = self.cfg.optim
         scheduler = make_scheduler(optimizer, optim, optim.epochs * len(train_batches))
         result = fit(
             model, step, train_batches, evaluate, optimizer, scheduler,
             epochs=optim.epochs, run_dir=self.out, grad_clip=optim.grad_clip, resume=self.resume,
             progress=self.cfg.run.progress, keep=self.cfg.run.keep, tensorboard=self.cfg.run.tensorboard,
+            world=self.world,
         )  # fmt: skip
         return result, manifest
 
     def save(self, model: nn.Module, meta: dict[str, Any]) -> None:
-        """The model folder: weights and description (the data's classes, shape, normalisation and root added)."""
-        d = self.cfg.data
-        root = str(resolve_root(d.name, d.root, download=d.download).resolve())
-        regime = {"labels_per_class": d.labels_per_class, "label_noise": d.label_noise}
-        save_model_dir(self.out, model.cpu(), {**meta, **data_meta(self.bundle), "data_root": root, "regime": regime})
+        """The model folder (rank 0): weights and description (the data's classes, shape, normalisation and root
+        added); ``model`` is left on the device, in eval mode."""
+        if self.world.main:
+            d = self.cfg.data
+            root = str(resolve_root(d.name, d.root, download=d.download).resolve())
+            regime = {"labels_per_class": d.labels_per_class, "label_noise": d.label_noise}
+            meta = {**meta, **data_meta(self.bundle), "data_root": root, "regime": regime}
+            save_model_dir(self.out, model.cpu(), meta)
         model.to(self.device).eval()
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Write ``summary.json``; remove ``ckpt/`` unless run.keep_checkpoints (the model folder is complete)."""
-        atomic_write_json(self.out / "summary.json", summary)
-        if not self.cfg.run.keep_checkpoints:
-            shutil.rmtree(self.out / "ckpt", ignore_errors=True)
+        """Write ``summary.json``; remove ``ckpt/`` unless run.keep_checkpoints (the model folder is complete). Under
+        torchrun: once every process is done with the folder, rank 0 writes, every process returns rank 0's summary,
+        and the processes part."""
+        summary = self.world.share(summary)  # also the barrier: every process is done with the folder
+        if self.world.main:
+            atomic_write_json(self.out / "summary.json", summary)
+            if not self.cfg.run.keep_checkpoints:
+                shutil.rmtree(self.out / "ckpt", ignore_errors=True)
+        self.world.close()
         return summary

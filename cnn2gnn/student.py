@@ -163,9 +163,14 @@ def train_student(
         teacher, _ = load_teacher(cfg.distill.teacher, seen, device)
         provenance = {"teacher": {"path": cfg.distill.teacher, "sha256": weights_sha256(cfg.distill.teacher)}}
         if cfg.distill.cache_logits and not cfg.data.augment:
-            cached = teacher_logits(teacher, cfg.distill.teacher, seen, cfg.run.eval_batch_size, device).to(device)
+            with run.world.main_first():  # rank 0 computes and writes the cache, the others then read it
+                cached = teacher_logits(teacher, cfg.distill.teacher, seen, cfg.run.eval_batch_size, device)
+            cached = cached.to(device)
         view = teacher_view(bundle, seen)
-    forward = (lambda b: model(b.x)) if not policies else (lambda b: model(b.x, graph=graph, index=b.index))
+    net = run.wrap(model)  # the frozen teacher is not wrapped: it has nothing to train
+    # several processes: the batch graph of the global batch (the anchors graph needs none: each holds the bank)
+    gather = run.world.gather if run.world.size > 1 and graph == "batch" else None
+    forward = (lambda b: net(b.x)) if not policies else (lambda b: net(b.x, graph=graph, index=b.index, gather=gather))
     logged, _ = policy.resolve(model, graph if policies else None)  # the validation log uses the training graph
     eval_seed = cfg.run.seed + 1000
     evals = run.eval_batches(seed=eval_seed, shuffle=True)

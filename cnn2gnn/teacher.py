@@ -39,9 +39,10 @@ def train_teacher(
     recorded = {"input_size": adapter.size, "input_norm": model.input_norm} if adapter is not None else {}
     evals = run.eval_batches(seed=cfg.run.seed, shuffle=False)  # a CNN's output does not depend on batch-mates
     smoothing = cfg.optim.label_smoothing
+    net = run.wrap(model)  # the module the training step runs (DistributedDataParallel under torchrun)
 
     def step(batch) -> dict[str, torch.Tensor]:
-        return {"loss": F.cross_entropy(model(batch.x), batch.y, label_smoothing=smoothing)}
+        return {"loss": F.cross_entropy(net(batch.x), batch.y, label_smoothing=smoothing)}
 
     def scores(splits) -> dict[str, float]:
         return {f"{name}_acc": accuracy(predict_logits(model, b), b.labels) for name, b in splits.items()}

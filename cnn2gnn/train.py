@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from .config import OptimConfig
 from .data import BatchIterator
+from .distributed import SINGLE, World
 from .errors import TrainingDivergedError, UserError
 
 Step = Callable[[Any], dict[str, torch.Tensor]]  # batch -> named loss terms; "loss" is minimised
@@ -94,33 +95,41 @@ def train_one_epoch(
     grad_clip: float | None,
     desc: str,
     progress: bool,
+    world: World = SINGLE,
 ) -> dict[str, float]:
     """One pass over ``batches``: the sample-weighted mean of every loss term ``step`` returns, as ``train_<term>``.
+    With several processes (``world``) each step's terms are summed over them first: the means of the global batch.
 
-    A NaN or infinite loss raises :class:`TrainingDivergedError` (a user error: lower the learning rate).
+    A NaN or infinite loss raises :class:`TrainingDivergedError` (a user error: lower the learning rate); with
+    several processes, in all of them at the same step.
     """
     model.train()
     sums: dict[str, float] = {}
     seen = 0
-    bar = tqdm(batches, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
+    show = progress and world.main
+    bar = tqdm(batches, desc=desc, disable=None if show else True, leave=False, dynamic_ncols=True)
     for batch in bar:
         terms = step(batch)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
+        b = len(batch.y)
+        # each term times its rows, summed over the processes (float64: exact for one process)
+        totals = world.sum(torch.stack([t.detach().double() * b for t in terms.values()])).tolist()
+        batch_sums = dict(zip(terms, totals, strict=True))
+        b *= world.size
+        if not math.isfinite(batch_sums["loss"]):
             raise TrainingDivergedError(
-                f"training diverged: the loss became {loss.item()} at {desc} (lr {scheduler.get_last_lr()[0]:.3g}); "
-                "lower the learning rate (--lr or --set optim.lr=...) and start the run again"
+                f"training diverged: the loss became {batch_sums['loss'] / b} at {desc} "
+                f"(lr {scheduler.get_last_lr()[0]:.3g}); lower the learning rate (--lr or --set optim.lr=...) and "
+                "start the run again"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         scheduler.step()
-        b = len(batch.y)
         seen += b
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach()) * b
+        for key, value in batch_sums.items():
+            sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
     return {f"train_{key}": value / max(seen, 1) for key, value in sums.items()}
 
@@ -205,6 +214,7 @@ def fit(
     select: str = "val_acc",
     keep: str = "best",
     tensorboard: bool = False,
+    world: World = SINGLE,
 ) -> FitResult:
     """Train for ``epochs``: each epoch is :func:`train_one_epoch`, then ``evaluate()`` (validation scores only:
     the test split is for the saved model, once, never for choosing), a line in ``run_dir/metrics.jsonl`` and a
@@ -215,39 +225,52 @@ def fit(
     same weights as an uninterrupted run (batch order and augmentation depend only on the seed and the epoch, and
     the RNG state is restored). The checkpoints of the finished epochs survive a diverged or interrupted run.
     With ``tensorboard`` every metrics line is also written as TensorBoard scalars (:func:`tensorboard_scalars`).
+
+    Several processes (``world``, :mod:`cnn2gnn.distributed`): ``model`` is the unwrapped module (``step`` runs the
+    wrapped one); every process resumes from the checkpoint, rank 0 alone evaluates and writes the metrics, the
+    best weights and the checkpoint while the others wait, and all of them get its metrics row.
     """
     metrics_path, best_path = run_dir / "metrics.jsonl", run_dir / "ckpt" / BEST
     start = _resume(run_dir, model, optimizer, scheduler) if resume else 0
     history = _read_metrics(metrics_path, start - 1)
     best = best_epoch(history, select)
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    world.barrier()  # every process has read the run folder before rank 0 writes to it
+    if world.main:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter()
-    with tensorboard_scalars(run_dir, enabled=tensorboard, purge_step=start) as log_scalars:
+    with tensorboard_scalars(run_dir, enabled=tensorboard and world.main, purge_step=start) as log_scalars:
         for epoch in range(start, epochs):
             train_batches.set_epoch(epoch)
+            world.seed(train_batches.seed, epoch)
             t0 = time.perf_counter()
             losses = train_one_epoch(
                 model, step, train_batches, optimizer, scheduler,
-                grad_clip=grad_clip, desc=f"epoch {epoch + 1}/{epochs}", progress=progress,
+                grad_clip=grad_clip, desc=f"epoch {epoch + 1}/{epochs}", progress=progress, world=world,
             )  # fmt: skip
             seconds = time.perf_counter() - t0
             row = {"epoch": epoch, **losses, "lr": scheduler.get_last_lr()[0], "train_seconds": round(seconds, 3)}
             model.eval()
-            row.update(evaluate())
+            if world.main:
+                row.update(evaluate())
+            row = world.share(row)  # rank 0's: its timing and validation scores
             history.append(row)
-            with open(metrics_path, "a") as f:  # before the checkpoint: a resume drops rows past it, never misses one
-                f.write(json.dumps(row) + "\n")
-            log_scalars(row)
-            if best_epoch(history, select) == epoch:  # a new best (or no validation split): its weights, before the
-                best = epoch  # checkpoint that makes the epoch count as done
-                save_weights(best_path, model)
-            _checkpoint(run_dir, epoch, model, optimizer, scheduler)
-            if progress:
+            new_best = best_epoch(history, select) == epoch  # a new best (or no validation split)
+            best = epoch if new_best else best
+            if world.main:
+                with open(metrics_path, "a") as f:  # before the checkpoint: a resume drops rows past it, never misses
+                    f.write(json.dumps(row) + "\n")
+                log_scalars(row)
+                if new_best:  # its weights, before the checkpoint that makes the epoch count as done
+                    save_weights(best_path, model)
+                _checkpoint(run_dir, epoch, model, optimizer, scheduler)
+            world.barrier()  # no process runs ahead of the checkpoint
+            if progress and world.main:
                 shown = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss")))
                 tqdm.write(f"epoch {epoch + 1}/{epochs}  {shown}  ({seconds:.1f}s)")
     saved = history[-1]["epoch"] if history else -1
     if keep == "best" and best != saved and best >= 0:
         load_weights(best_path, model, what=f"the best epoch ({best + 1})")
         saved = best
+    world.sync(model)  # several processes: all hold rank 0's model (BatchNorm statistics are per process)
     return FitResult(history, best, saved, time.perf_counter() - t_start)

@@ -59,16 +59,21 @@ class Augment:
         if self.pad < 0:
             raise ValueError(f"Augment: pad must be >= 0, got {self.pad}")
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """Augment ``x``; with ``part=(r, w)`` ``x`` is the ``r``-th of ``w`` equal parts of a batch, and the draws are
+        made for the whole batch (a process's rows get what one process would draw for them)."""
         if x.dim() != 4:
             raise ValueError(f"Augment: expected (B, C, H, W) images, got shape {tuple(x.shape)}")
         if self.pad == 0 and not self.hflip:
             return x
         b, c, h, w = x.shape
         p = self.pad
-        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=generator.device).to(x.device)
-        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=generator.device).to(x.device)
-        flip = torch.rand(b, generator=generator, device=generator.device).to(x.device) < 0.5
+        r, parts = part
+        n = b * parts  # draws for the whole batch, this part's rows taken
+        mine = slice(r * b, (r + 1) * b)
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device)[mine].to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=generator.device)[mine].to(x.device)
+        flip = torch.rand(n, generator=generator, device=generator.device)[mine].to(x.device) < 0.5
         rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H) rows of the padded image
         cols = torch.arange(w, device=x.device).expand(b, w)
         if self.hflip:
@@ -105,6 +110,10 @@ class BatchIterator:
     from generators seeded by ``(seed, epoch)`` only: call :meth:`set_epoch` before each epoch (iterating twice
     without it repeats the same epoch).
 
+    With ``world > 1`` processes (:class:`cnn2gnn.distributed.World`), ``batch_size`` is the global batch: every
+    process draws the same permutation and augmentation and yields its own contiguous ``batch_size / world`` rows
+    of each global batch (process ``rank``); a ragged last batch is always dropped, so all get equal batches.
+
     Args:
         split: the samples.
         batch_size: samples per batch (the last one may be smaller unless ``drop_last``).
@@ -115,6 +124,8 @@ class BatchIterator:
         drop_last: skip the last, incomplete batch.
         augment: applied to uint8 images before normalisation, or None.
         device: where batches are produced.
+        rank: this process's number, of ``world`` processes.
+        world: processes that share each batch (``batch_size`` must divide among them).
     """
 
     def __init__(
@@ -129,9 +140,17 @@ class BatchIterator:
         drop_last: bool = False,
         augment: Augment | None = None,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"BatchIterator: batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world:
+            raise ValueError(f"BatchIterator: rank must be in 0..{world - 1}, got rank={rank}")
+        if world > 1 and (batch_size % world or not drop_last):
+            raise ValueError(
+                f"BatchIterator: {world} processes need drop_last and a batch_size they divide, got {batch_size}"
+            )
         channels = split.images.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"BatchIterator: {channels} channels but mean/std of length {len(mean)}/{len(std)}")
@@ -141,6 +160,7 @@ class BatchIterator:
         self.batch_size = batch_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.shuffle, self.seed, self.drop_last, self.augment = shuffle, seed, drop_last, augment
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -159,15 +179,19 @@ class BatchIterator:
             order = torch.arange(n)
         order = order.to(self.device)
         aug_gen = _epoch_generator(self.seed, self.epoch, 1) if self.augment is not None else None
+        part = self.batch_size // self.world  # rows of a global batch per process
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            if self.world > 1:
+                index = index[self.rank * part : (self.rank + 1) * part]
             x = self.images[index]
             if self.augment is not None:
-                x = self.augment(x, aug_gen)
+                x = self.augment(x, aug_gen, (self.rank, self.world))
             yield Batch(normalize(x, self.mean, self.std), self.labels[index], index)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(n={self.labels.shape[0]}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-            f"seed={self.seed}, drop_last={self.drop_last}, augment={self.augment}, device={self.device})"
+            f"seed={self.seed}, drop_last={self.drop_last}, augment={self.augment}, device={self.device}"
+            + (f", rank={self.rank}, world={self.world})" if self.world > 1 else ")")
         )
