@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,14 @@ COMMON_KEYS = {
     "batch_size": "optim.batch_size",
     "lr": "optim.lr",
     "keep_checkpoints": "run.keep_checkpoints",
+    "compile": "run.compile",
 }
+
+
+def _main_process_print(text: str) -> None:
+    """Print once: under torchrun only the process of rank 0 speaks."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
@@ -51,7 +59,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
         overrides.append("run.progress=false")
     cfg = build_config(TeacherConfig, files=args.config, overrides=overrides + args.overrides)
     summary = train_teacher(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    print(
+    _main_process_print(
         f"teacher {cfg.model.arch} on {cfg.data.name}: train {summary['train_acc']:.4f}  val "
         f"{_fmt(summary['val_acc'])}  test {_fmt(summary['test_acc'])}  ({summary['seconds']:.0f}s, "
         f"{summary['parameters']:,} parameters) -> {args.out}"
@@ -81,7 +89,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     )
     kind = "MLP" if cfg.model.arch == "mlp" else f"GNN ({cfg.model.aggregate})"
     how = f"distilled from {cfg.distill.teacher}" if cfg.distill.teacher else "cross-entropy"
-    print(f"student {kind}, {how}: {accs}  ({s['seconds']:.0f}s, {s['parameters']:,} parameters) -> {args.out}")
+    _main_process_print(
+        f"student {kind}, {how}: {accs}  ({s['seconds']:.0f}s, {s['parameters']:,} parameters) -> {args.out}"
+    )
     return 0
 
 

@@ -48,6 +48,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write (created if needed)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds (refused otherwise)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained model (run.compile)")
     p.add_argument(
         "--keep-checkpoints", action="store_true", help="keep OUT/ckpt/ after the run (run.keep_checkpoints)"
     )

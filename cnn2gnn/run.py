@@ -5,6 +5,7 @@ under ``torchrun``, the processes (distributed.py) with rank 0 writing the run f
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shutil
 import sys
@@ -230,8 +231,18 @@ class Run:
             print(f"cnn2gnn: {message}", file=sys.stderr)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The module the training step runs: ``model`` itself, or in DistributedDataParallel under torchrun."""
-        return self.world.wrap(model, self.device)
+        """The module the training step runs: ``model`` itself, or in DistributedDataParallel under torchrun; with
+        run.compile, compiled (one graph, ``fullgraph``, in one process; DDP's hooks split it under torchrun)."""
+        net = self.world.wrap(model, self.device)
+        if self.cfg.run.compile:
+            net = torch.compile(net, fullgraph=self.world.size == 1)
+        return net
+
+    def autocast(self):
+        """The precision of a training step's forward pass: bfloat16 autocast with run.amp=bf16, else full."""
+        if self.cfg.run.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def augment(self) -> Augment | None:
         d = self.cfg.data
@@ -295,8 +306,13 @@ class Run:
             atomic_write_json(self.out / "manifest.json", manifest)
         optim = self.cfg.optim
         scheduler = make_scheduler(optimizer, optim, optim.epochs * len(train_batches))
+
+        def amp_step(batch):  # run.amp: the forward pass and loss under autocast, the backward pass outside
+            with self.autocast():
+                return step(batch)
+
         result = fit(
-            model, step, train_batches, evaluate, optimizer, scheduler,
+            model, amp_step, train_batches, evaluate, optimizer, scheduler,
             epochs=optim.epochs, run_dir=self.out, grad_clip=optim.grad_clip, resume=self.resume,
             progress=self.cfg.run.progress, keep=self.cfg.run.keep, tensorboard=self.cfg.run.tensorboard,
             world=self.world,

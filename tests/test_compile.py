@@ -41,3 +41,39 @@ def test_the_mlp_compiles_as_one_graph():
     model = MLPStudent(64, 10, StudentModelConfig(arch="mlp", hidden=32)).eval()
     x = torch.randn(8, 64)
     torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="eager")(x), model(x))
+
+
+@pytest.mark.slow
+def test_compile_and_bf16_runs(tmp_path, monkeypatch):
+    # --compile asks torch.compile for one graph (here with the eager backend: an inductor build takes minutes on a
+    # CPU); run.amp=bf16 trains under bfloat16 autocast with finite losses
+    from helpers import ONE_THREAD, metrics, run_cli
+
+    calls = []
+    real = torch.compile
+
+    def recording(model, **kwargs):
+        calls.append(kwargs)
+        return real(model, **{**kwargs, "backend": "eager"})
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", recording)
+    args = [
+        "distill",
+        "--data",
+        "digits",
+        "--epochs",
+        1,
+        "--hidden",
+        16,
+        "--set",
+        "bank.size=30",
+        *ONE_THREAD,
+        "--quiet",
+    ]
+    code, _, err = run_cli(*args, "--compile", "--out", tmp_path / "c")
+    assert code == 0, err
+    assert calls == [{"fullgraph": True}]
+    code, _, err = run_cli(*args, "--set", "run.amp=bf16", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in metrics(tmp_path / "b"))
