@@ -36,6 +36,24 @@ def flops_per_image(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor)
     return counter.get_total_flops() / len(x)
 
 
+def train_flops_per_image(model, meta: dict[str, Any], x: torch.Tensor) -> float:
+    """FLOPs of one training step's forward and backward over the batch ``x``, per image, under the graph the model
+    was trained with (for the anchors graph, the bank's states included: they are recomputed at every step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    graph = meta.get("train_graph", policy.NONE) if meta["kind"] == "student" else policy.NONE
+    model.train()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            out = model(x) if graph == policy.NONE else model(x, graph=graph)
+            out.float().sum().backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    return counter.get_total_flops() / len(x)
+
+
 def policies(model) -> list[str]:
     """The inference policies to measure a model under: those it supports, or ``none`` for a model without a graph."""
     return list(policy.supported(model)) or [policy.NONE]
@@ -56,6 +74,8 @@ def evaluate_run(
     if meta["kind"] == "student":
         out["anchors"] = int(meta["student"]["bank"])
     example = _example(bundle, meta, 256, device) if cost else None
+    if cost:
+        out["train_flops_per_image"] = train_flops_per_image(model, meta, example)
     for name in policies(model):
         graph = None if name == policy.NONE else name
         shuffles = 1 if meta["kind"] == "teacher" else preset.shuffles

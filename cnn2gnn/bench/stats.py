@@ -38,6 +38,7 @@ def aggregate(row: Row) -> dict[str, Any]:
         "seeds": [r["seed"] for r in runs],
         "folders": [r["folder"] for r in runs],
         "parameters": runs[0]["eval"]["parameters"],
+        "train_flops_per_image": runs[0]["eval"].get("train_flops_per_image"),
         "epochs": len(runs[0]["metrics"]),
         "seconds_per_epoch": stats([statistics.fmean(m["train_seconds"] for m in r["metrics"]) for r in runs]),
         "train_seconds": stats([r["wall"] for r in runs]),
