@@ -134,3 +134,16 @@ def make_embedding(
     if embed == "patch":
         return PatchEmbedding(tuple(image_shape), filters=filters, patch=kernel)
     return RandomConvEmbedding(tuple(image_shape), filters=filters, kernel=kernel, pool=pool)
+
+
+def student_embedding(owner: str, cfg, image_shape, in_features: int) -> tuple[nn.Module | None, int]:
+    """A student's input embedding from its model config (``embed`` keys) and the number of values it gives per
+    image; the image shape checked against ``in_features``. Errors are ``ValueError`` naming ``owner``."""
+    check_image_shape(owner, image_shape, in_features)
+    try:
+        embed = make_embedding(
+            cfg.embed, image_shape, filters=cfg.embed_filters, kernel=cfg.embed_kernel, pool=cfg.embed_pool
+        )
+    except ValueError as err:
+        raise ValueError(f"{owner}: {err}") from None
+    return embed, in_features if embed is None else embed.out_features

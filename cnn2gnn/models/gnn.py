@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..config import StudentModelConfig
 from ..graph import SparseGraphLearner
 from .bank import AnchorBank
-from .embed import check_image_shape, make_embedding
+from .embed import student_embedding
 from .layers import LAYERS, Edges, SAGELayer
 
 __all__ = ["GNNStudent", "Gather", "input_features"]
@@ -76,17 +76,10 @@ class GNNStudent(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        check_image_shape(name, image_shape, in_features)
         if cfg.aggregate not in LAYERS:
             raise ValueError(f"{name}: aggregate must be one of {tuple(LAYERS)}, got {cfg.aggregate!r}")
         self.in_features, self.num_classes, self.cfg = in_features, num_classes, cfg
-        try:
-            self.embed = make_embedding(
-                cfg.embed, image_shape, filters=cfg.embed_filters, kernel=cfg.embed_kernel, pool=cfg.embed_pool
-            )
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
-        features = in_features if self.embed is None else self.embed.out_features
+        self.embed, features = student_embedding(name, cfg, image_shape, in_features)
         gcn = cfg.aggregate == "gcn"
         self.graph = SparseGraphLearner(
             cfg.k,

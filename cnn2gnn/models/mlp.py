@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import StudentModelConfig
-from .embed import check_image_shape, make_embedding
+from .embed import student_embedding
 from .gnn import input_features
 
 __all__ = ["MLPStudent"]
@@ -42,15 +42,8 @@ class MLPStudent(nn.Module):
         image_shape: tuple[int, int, int] | list[int] | None = None,
     ) -> None:
         super().__init__()
-        check_image_shape(type(self).__name__, image_shape, in_features)
-        try:
-            self.embed = make_embedding(
-                cfg.embed, image_shape, filters=cfg.embed_filters, kernel=cfg.embed_kernel, pool=cfg.embed_pool
-            )
-        except ValueError as err:
-            raise ValueError(f"{type(self).__name__}: {err}") from None
+        self.embed, features = student_embedding(type(self).__name__, cfg, image_shape, in_features)
         self.in_features, self.num_classes, self.cfg = in_features, num_classes, cfg
-        features = in_features if self.embed is None else self.embed.out_features
         self.lin1 = nn.Linear(features, cfg.hidden)
         self.lin2 = nn.Linear(cfg.hidden, num_classes)
         self.drop = nn.Dropout(cfg.dropout)
