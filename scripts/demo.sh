@@ -15,7 +15,7 @@ else
   "${CLI[@]}" teacher --data "$DATA" --arch resnet8 --epochs "$TEACHER_EPOCHS" --out "$OUT/teacher"
 fi
 echo "== student: two-layer GNN distilled from the teacher"
-"${CLI[@]}" distill --data "$DATA" --teacher "$OUT/teacher" ${STUDENT_EPOCHS:+--epochs "$STUDENT_EPOCHS"} --out "$OUT/student"
+"${CLI[@]}" distill --data "$DATA" --teacher "$OUT/teacher" ${STUDENT_EPOCHS:+--epochs "$STUDENT_EPOCHS"} --overwrite --out "$OUT/student"
 echo "== evaluation (test split, 3 seeded shuffles, images/s on this machine)"
 "${CLI[@]}" evaluate --model "$OUT/teacher" --seeds 3 --speed
 "${CLI[@]}" evaluate --model "$OUT/student" --seeds 3 --speed --graph anchors

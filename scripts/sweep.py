@@ -78,6 +78,7 @@ def run_one(args, name: str, overrides: list[str], seed: int, kd: bool) -> dict:
         "--out",
         str(out),
         "--quiet",
+        "--overwrite",  # a sweep trains every run afresh
         "--seed",
         str(seed),
         "--set",
