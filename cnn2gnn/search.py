@@ -33,10 +33,14 @@ def topk_torch(
     """
     n, m = queries.shape[0], bank.shape[0]
     k = min(k, m)
-    if torch.compiler.is_exporting() or n * m <= block:  # an exported graph takes any batch size: one pass
-        return pairwise_sq_dists(queries, bank, y_sq=bank_sq).topk(k, dim=1, largest=False)
     if bank_sq is None:
         bank_sq = bank.pow(2).sum(dim=1)
+    if torch.compiler.is_exporting() or n * m <= block:  # an exported graph takes any batch size: one pass
+        # ||y||^2 - 2 x.y orders each row as the distances do (||x||^2 is the row's constant): select first, then
+        # complete only the k kept values, as pairwise_sq_dists would (the same operations, in the same order)
+        part = torch.addmm(bank_sq.unsqueeze(0), queries, bank.transpose(0, 1), alpha=-2.0)
+        values, index = part.topk(k, dim=1, largest=False)
+        return values.add(queries.pow(2).sum(dim=1, keepdim=True)).clamp_min(0.0), index
     rows = max(1, block // m) if m <= block else 1024
     cols = m if m <= block else max(k, block // rows)
     dists, out = [], []
