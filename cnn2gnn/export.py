@@ -34,7 +34,7 @@ class Deployable(nn.Module):
 
     def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
         super().__init__()
-        fn, name = policy.resolve(model)
+        _, name = policy.resolve(model)
         if policy.depends_on_batch(name):
             raise UserError(
                 f"this student's predictions depend on the other images of a batch (policy '{name}'): only a student "

@@ -24,7 +24,7 @@ from .data import Augment, BatchIterator, DataBundle, Split, load_dataset, resol
 from .data.regimes import apply_regime
 from .distributed import SINGLE, World
 from .errors import UserError
-from .train import FitResult, Step, fit, make_scheduler
+from .train import FitResult, Step, fit, make_scheduler, summary_writer
 
 RUN_FILES = ("model.safetensors", "meta.json", "config.yaml", "metrics.jsonl", "manifest.json", "summary.json")
 RUN_DIRS = ("ckpt", "cache", "tensorboard")  # training state; a teacher's cached logits; TensorBoard events
@@ -52,14 +52,6 @@ def resolve_device(name: str) -> torch.device:
     except Exception:  # noqa: BLE001 - torch raises RuntimeError, AssertionError... for a device it cannot use
         raise UserError(f"device '{name}' is not available here (available: {here})") from None
     return device
-
-
-def _need_tensorboard() -> None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        msg = "run.tensorboard=true needs the tensorboard package: pip install 'cnn2gnn[tensorboard]'"
-        raise UserError(msg) from None
 
 
 def holds_run(out: Path) -> bool:
@@ -215,7 +207,7 @@ class Run:
         if cfg.optim.batch_size % world.size:
             raise UserError(f"optim.batch_size={cfg.optim.batch_size} must divide among the {world.size} processes")
         if cfg.run.tensorboard:  # before anything is written: a missing package is not a half-made run
-            _need_tensorboard()
+            summary_writer()
         prepare_out(out, resume=resume, overwrite=overwrite, remove=world.main)
         world.init(device)  # after rank 0 has cleared the folder: no process writes into it before that
         torch.manual_seed(cfg.run.seed)

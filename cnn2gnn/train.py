@@ -171,6 +171,16 @@ def _checkpoint(run_dir: Path, epoch: int, model: nn.Module, optimizer, schedule
     save_training_state(run_dir, epoch, model, state)
 
 
+def summary_writer():
+    """TensorBoard's ``SummaryWriter`` class; a one-line :class:`UserError` when the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        msg = "run.tensorboard=true needs the tensorboard package: pip install 'cnn2gnn[tensorboard]'"
+        raise UserError(msg) from None
+    return SummaryWriter
+
+
 @contextlib.contextmanager
 def tensorboard_scalars(run_dir: Path, *, enabled: bool, purge_step: int = 0):
     """A function ``log(row)`` that writes every numeric value of a metrics row as a TensorBoard scalar, at step
@@ -179,12 +189,7 @@ def tensorboard_scalars(run_dir: Path, *, enabled: bool, purge_step: int = 0):
     if not enabled:
         yield lambda row: None
         return
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        msg = "run.tensorboard=true needs the tensorboard package: pip install 'cnn2gnn[tensorboard]'"
-        raise UserError(msg) from None
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+    writer = summary_writer()(str(run_dir / "tensorboard"), purge_step=purge_step)
 
     def log(row: dict[str, Any]) -> None:
         for key, value in row.items():

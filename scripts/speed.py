@@ -91,8 +91,7 @@ def main() -> None:
                 cells = []
                 for b in batches:
                     x = torch.randn(b, *shape, device=device)
-                    with torch.inference_mode():
-                        cells.append(f"{timed(fn, x, device, args.seconds, args.repeats):,.0f}")
+                    cells.append(f"{timed(fn, x, device, args.seconds, args.repeats):,.0f}")
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
                 print(lines[-1], flush=True)
     text = "\n".join([*lines, ""])

@@ -75,3 +75,24 @@ def kill_after_first_checkpoint(argv: list[str], out: Path) -> int:
             proc.wait()
         proc.stderr.close()
     return proc.returncode
+
+
+def set_random(layer: torch.nn.Module, seed: int) -> None:
+    """Every parameter of ``layer`` drawn from N(0, 1) with its own generator (no zero bias, no init scale)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+
+
+def pyg_graphconv(conv):
+    """PyG's GraphConv with a SAGELayer's weights: lin_rel(sum_j e_ji x_j) (with the bias) + lin_root(x_i)."""
+    import pytest
+
+    pyg_nn = pytest.importorskip("torch_geometric.nn")
+    ref = pyg_nn.GraphConv(conv.in_features, conv.out_features, aggr="add")
+    with torch.no_grad():
+        ref.lin_rel.weight.copy_(conv.nbr.weight)
+        ref.lin_rel.bias.copy_(conv.lin.bias)
+        ref.lin_root.weight.copy_(conv.lin.weight)
+    return ref

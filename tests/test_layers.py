@@ -3,6 +3,7 @@ dense path, equality with PyTorch Geometric's GCNConv / GraphConv on both paths,
 
 import pytest
 import torch
+from helpers import pyg_graphconv, set_random
 
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.graph import normalize_adj, sparse_neighbours, symmetrize
@@ -15,13 +16,6 @@ def _edges(n: int, m: int, k: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     weight, index = sparse_neighbours(torch.rand(n, m, generator=g), k)
     return (weight, index), torch.zeros(n, m).scatter(1, index, weight)
-
-
-def _set(layer, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
 
 
 def test_gcn_matches_hand_computation():
@@ -56,7 +50,7 @@ def test_sage_matches_hand_computation():
 def test_edges_path_equals_dense_path(layer):
     # queries aggregate k of m sources: gathering k rows equals multiplying by the dense (n, m) graph
     conv = layer(5, 3)
-    _set(conv, 1)
+    set_random(conv, 1)
     edges, dense = _edges(4, 9, 3, seed=2)
     x, src = torch.randn(4, 5), torch.randn(9, 5)
     messages = conv.message(src)
@@ -102,7 +96,7 @@ def test_gcn_dense_path_equals_pyg_gcnconv():
     a.fill_diagonal_(0.0)
     x = torch.randn(n, f_in, generator=g)
     conv = GCNLayer(f_in, f_out)
-    _set(conv, 3)
+    set_random(conv, 3)
     ref = pyg_nn.GCNConv(f_in, f_out, normalize=True, add_self_loops=True)
     with torch.no_grad():
         ref.lin.weight.copy_(conv.lin.weight)
@@ -117,7 +111,7 @@ def test_gcn_edges_path_equals_pyg_gcnconv_on_the_query_and_source_graph():
     pyg_nn = pytest.importorskip("torch_geometric.nn")
     n, m, f_in, f_out = 4, 9, 5, 3
     conv = GCNLayer(f_in, f_out)
-    _set(conv, 4)
+    set_random(conv, 4)
     (weight, index), _ = _edges(n, m, 3, seed=5)
     x, src = torch.randn(n, f_in), torch.randn(m, f_in)
     ref = pyg_nn.GCNConv(f_in, f_out, normalize=False, add_self_loops=False)
@@ -132,20 +126,10 @@ def test_gcn_edges_path_equals_pyg_gcnconv_on_the_query_and_source_graph():
     torch.testing.assert_close(conv(x, (weight, index), conv.message(src)), expected)
 
 
-def _graphconv(conv: SAGELayer):
-    pyg_nn = pytest.importorskip("torch_geometric.nn")
-    ref = pyg_nn.GraphConv(conv.in_features, conv.out_features, aggr="add")
-    with torch.no_grad():  # PyG: lin_rel(sum_j e_ji x_j) (with the bias) + lin_root(x_i)
-        ref.lin_rel.weight.copy_(conv.nbr.weight)
-        ref.lin_rel.bias.copy_(conv.lin.bias)
-        ref.lin_root.weight.copy_(conv.lin.weight)
-    return ref
-
-
 def test_sage_dense_path_equals_pyg_graphconv():
     conv = SAGELayer(5, 3)
-    _set(conv, 6)
-    ref = _graphconv(conv)
+    set_random(conv, 6)
+    ref = pyg_graphconv(conv)
     _, p = _edges(7, 7, 3, seed=7)
     x = torch.randn(7, 5)
     target, source = p.nonzero().T  # p_ij: node i aggregates node j, an edge j -> i
@@ -155,8 +139,8 @@ def test_sage_dense_path_equals_pyg_graphconv():
 
 def test_sage_edges_path_equals_pyg_graphconv_on_a_bipartite_graph():
     conv = SAGELayer(5, 3)
-    _set(conv, 8)
-    ref = _graphconv(conv)
+    set_random(conv, 8)
+    ref = pyg_graphconv(conv)
     (weight, index), _ = _edges(4, 9, 3, seed=9)
     x, src = torch.randn(4, 5), torch.randn(9, 5)
     target = torch.arange(4).repeat_interleave(3)

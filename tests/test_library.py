@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import pyg_graphconv, set_random
 
 import cnn2gnn
 from cnn2gnn import GCNLayer, SAGELayer, SparseGraphLearner, dense_to_edge_index, to_edge_index
@@ -139,28 +140,10 @@ def test_learner_edge_index_with_anchors_and_exclusions():
 # ----------------------------------------------------------------------------------- PyTorch Geometric layers
 
 
-def _set(layer, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-
-
-def _graphconv(conv: SAGELayer):
-    """PyG's GraphConv with our SAGELayer's weights: lin_rel(sum_j e_ji x_j) (with the bias) + lin_root(x_i)."""
-    pyg_nn = pytest.importorskip("torch_geometric.nn")
-    ref = pyg_nn.GraphConv(conv.in_features, conv.out_features, aggr="add")
-    with torch.no_grad():
-        ref.lin_rel.weight.copy_(conv.nbr.weight)
-        ref.lin_rel.bias.copy_(conv.lin.bias)
-        ref.lin_root.weight.copy_(conv.lin.weight)
-    return ref
-
-
 def test_pyg_graphconv_on_the_sage_learners_edges_equals_sage_layer():
     conv = SAGELayer(6, 3)
-    _set(conv, 3)
-    ref = _graphconv(conv)
+    set_random(conv, 3)
+    ref = pyg_graphconv(conv)
     learner = SparseGraphLearner(3, symmetric=False, self_loop=False, norm="none")  # the SAGE student's head
     g = torch.Generator().manual_seed(4)
     x = torch.randn(9, 6, generator=g)
@@ -180,7 +163,7 @@ def test_pyg_graphconv_on_the_sage_learners_edges_equals_sage_layer():
 def test_pyg_gcnconv_on_the_gcn_learners_edges_equals_gcn_layer():
     pyg_nn = pytest.importorskip("torch_geometric.nn")
     conv = GCNLayer(6, 3)
-    _set(conv, 5)
+    set_random(conv, 5)
     ref = pyg_nn.GCNConv(6, 3, normalize=False, add_self_loops=False)  # the edges already hold A-hat
     with torch.no_grad():
         ref.lin.weight.copy_(conv.lin.weight)
@@ -195,8 +178,8 @@ def test_pyg_gcnconv_on_the_gcn_learners_edges_equals_gcn_layer():
 
 def test_pyg_graphconv_on_the_anchors_graph_equals_sage_layer():
     conv = SAGELayer(6, 3)
-    _set(conv, 7)
-    ref = _graphconv(conv)
+    set_random(conv, 7)
+    ref = pyg_graphconv(conv)
     learner = SparseGraphLearner(3)  # anchors mode: row-stochastic, no symmetrisation, no self loop
     g = torch.Generator().manual_seed(8)
     n, m = 5, 11
