@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .errors import UserError
 from .graph import pairwise_sq_dists
+from .select import nearest_k
 
 SEARCHES = ("torch", "faiss", "faiss-ivf")
 BLOCK = 1 << 24  # distances held at once by the torch search (64 MiB of float32)
@@ -24,9 +25,10 @@ def topk_torch(
 ) -> tuple[Tensor, Tensor]:
     r"""Squared distances and positions of the ``k`` nearest rows of ``bank`` for each query, nearest first: exact.
 
-    With :math:`n m \le` ``block`` one product and one ``topk``, no loop and no host synchronisation (the path a
-    compiled or exported model takes); otherwise blocks of queries against blocks of the bank, each block's
-    top-k merged into a running top-k, so memory stays at ``block`` distances whatever the bank's size.
+    With :math:`n m \le` ``block`` one product and one selection (:func:`cnn2gnn.select.nearest_k`), no loop and no
+    host synchronisation (the path a compiled or exported model takes); otherwise blocks of queries against blocks
+    of the bank, each block's top-k merged into a running top-k, so memory stays at ``block`` distances whatever the
+    bank's size.
 
     Shapes:
         queries :math:`(n, d)`, bank :math:`(m, d)` -> both :math:`(n, \min(k, m))`, float and int64
@@ -36,11 +38,7 @@ def topk_torch(
     if bank_sq is None:
         bank_sq = bank.pow(2).sum(dim=1)
     if torch.compiler.is_exporting() or n * m <= block:  # an exported graph takes any batch size: one pass
-        # ||y||^2 - 2 x.y orders each row as the distances do (||x||^2 is the row's constant): select first, then
-        # complete only the k kept values, as pairwise_sq_dists would (the same operations, in the same order)
-        part = torch.addmm(bank_sq.unsqueeze(0), queries, bank.transpose(0, 1), alpha=-2.0)
-        values, index = part.topk(k, dim=1, largest=False)
-        return values.add(queries.pow(2).sum(dim=1, keepdim=True)).clamp_min(0.0), index
+        return nearest_k(pairwise_sq_dists(queries, bank, y_sq=bank_sq), k)
     rows = max(1, block // m) if m <= block else 1024
     cols = m if m <= block else max(k, block // rows)
     dists, out = [], []
@@ -48,7 +46,7 @@ def topk_torch(
         best_d = best_i = None
         for start in range(0, m, cols):
             d = pairwise_sq_dists(q, bank[start : start + cols], y_sq=bank_sq[start : start + cols])
-            d, i = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+            d, i = nearest_k(d, k)
             i = i + start
             if best_d is not None:
                 d, j = torch.cat([best_d, d], dim=1).topk(k, dim=1, largest=False)
