@@ -132,15 +132,6 @@ def test_digits_is_deterministic_and_test_split_ignores_seed():
     assert not torch.equal(a.val.images, c.val.images)
 
 
-def test_one_channel_images_have_nchw_strides():
-    # a (n, h, w, 1) array permuted to (n, 1, h, w) counts as contiguous yet keeps channels-last strides, and the
-    # convolutions then run channels-last (oneDNN's AVX2 1x1 backward at width 4 aborted a teacher run with them)
-    b = load_dataset("digits")
-    x = next(iter(BatchIterator(b.train, 16, mean=b.mean, std=b.std, shuffle=True, seed=0))).x
-    for t in (b.train.images, b.test.images, x):
-        assert t.stride() == (64, 64, 8, 1)
-
-
 def test_val_fraction_zero_and_limits():
     b = load_dataset("digits", val_fraction=0.0, limit_train=100, limit_test=30, seed=3)
     assert len(b.val) == 0 and b.val.images.shape == (0, 1, 8, 8)

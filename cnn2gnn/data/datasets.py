@@ -318,9 +318,7 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float
 
 
 def _to_split(images: np.ndarray, labels: np.ndarray, image_size: int | None, chunk: int = 4096) -> Split:
-    # NCHW strides, also for one channel (where a permuted view already counts as contiguous but keeps channels-last
-    # strides, and convolutions then run channels-last: oneDNN's 1x1 backward on AVX2 corrupted the heap at width 4)
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     if image_size is not None and tuple(x.shape[2:]) != (image_size, image_size):
         x = torch.cat(
             [
