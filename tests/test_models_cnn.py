@@ -105,6 +105,19 @@ def test_unknown_architecture_lists_known_ones():
         assert name in str(err.value)
 
 
+def test_a_narrow_network_trains_on_nchw_strides():
+    # one-channel batches carry channels-last strides; oneDNN's AVX2 backward on channels-last activations of fewer
+    # than 8 channels aborted a width-4 teacher run (the pinned digits test) on an AMD EPYC at one thread
+    x = torch.randn(4, 8, 8, 1).permute(0, 3, 1, 2)  # as the datasets make them
+    for width, strides in ((4, (64, 64, 8, 1)), (8, x.stride())):
+        model, seen = create_teacher("resnet8", 10, 1, 8, width=width).train(), []
+        model.stem.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(args[0].stride()))
+        model(x).sum().backward()
+        with torch.no_grad():
+            model(x)  # inference keeps the faster layout
+        assert seen == [strides, x.stride()]
+
+
 # ------------------------------------------------------------------------------------------- FrozenTeacher
 
 

@@ -62,11 +62,17 @@ class CifarResNet(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.num_features = ch
         self.fc = nn.Linear(ch, num_classes)
+        self.narrow = width < 8
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.narrow and torch.is_grad_enabled() and x.device.type == "cpu":
+            # oneDNN's AVX2 convolution backward corrupts the heap on channels-last activations of fewer than 8
+            # channels (torch 2.14.1, an AMD EPYC, one thread: free(): invalid pointer). One-channel images carry
+            # channels-last strides (faster otherwise): a narrow network trains on NCHW strides instead
+            x = x.clone(memory_format=torch.contiguous_format)
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
