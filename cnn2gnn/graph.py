@@ -74,7 +74,7 @@ def pairwise_sq_dists(x: Tensor, y: Tensor | None = None, *, y_sq: Tensor | None
         y_sq = y.pow(2).sum(dim=1)
     elif y_sq.shape != (y.shape[0],):
         raise ValueError(f"pairwise_sq_dists: y_sq must have shape ({y.shape[0]},), got {tuple(y_sq.shape)}")
-    dist = torch.addmm(y_sq.unsqueeze(0), x, y.transpose(0, 1), alpha=-2.0).add(x_sq).clamp_min(0.0)
+    dist = torch.addmm(y_sq.unsqueeze(0), x, y.transpose(0, 1), alpha=-2.0).add_(x_sq).clamp_min_(0.0)
     if same:
         eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
         dist = dist.masked_fill(eye, 0.0)
