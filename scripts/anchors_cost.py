@@ -1,0 +1,149 @@
+"""What the anchors policy costs on this CPU beyond its arithmetic (issue 15, item 4).
+
+Two tables, every figure measured in this one run, models of the quick preset's shape (hidden 512, k 10, graph head 64,
+bank 1024 unless --bank) with random weights (timings do not depend on the weights):
+
+1. the selection of the k + 1 nearest anchors, ``torch.topk`` against :func:`cnn2gnn.select.nearest_k`, on distances
+   of 256 queries to banks of several sizes (fresh distances at every call, as in use);
+2. images/s at batch 256 of the same-width MLP, the student under the anchors policy, and the student with the search
+   replaced by a lookup of its own results once the distances are computed (everything but the selection), with the
+   FLOP ratio beside them.
+
+    python scripts/anchors_cost.py --threads 1 --out docs/anchors_cost.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from cnn2gnn.bench.measure import flops_per_image
+from cnn2gnn.config import StudentModelConfig
+from cnn2gnn.graph import pairwise_sq_dists
+from cnn2gnn.models import bank as bank_module
+from cnn2gnn.models.gnn import GNNStudent
+from cnn2gnn.models.mlp import MLPStudent
+from cnn2gnn.run import environment
+from cnn2gnn.select import nearest_k
+
+
+def per_call(fn, inputs: list, seconds: float, repeats: int) -> float:
+    """Best seconds per call of ``fn`` over ``repeats`` timings of at least ``seconds``, cycling through ``inputs``."""
+    best = float("inf")
+    with torch.inference_mode():
+        for x in inputs:
+            fn(x)
+        for _ in range(repeats):
+            calls, start = 0, time.perf_counter()
+            while calls < 3 or time.perf_counter() - start < seconds:
+                fn(inputs[calls % len(inputs)])
+                calls += 1
+            best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def selection_table(k: int, sizes: list[int], seconds: float, repeats: int) -> list[str]:
+    g = torch.Generator().manual_seed(0)
+    rows = ["| bank m | topk (ms) | nearest_k (ms) | speed-up |", "|---|---|---|---|"]
+    for m in sizes:
+        bank = torch.randn(m, 64, generator=g)
+        dists = [torch.cdist(torch.randn(256, 64, generator=g), bank).pow(2) for _ in range(4)]
+        t_topk = per_call(lambda d: d.topk(k, dim=1, largest=False), dists, seconds, repeats)
+        t_ours = per_call(lambda d: nearest_k(d, k), dists, seconds, repeats)
+        rows.append(f"| {m:,} | {1e3 * t_topk:.3f} | {1e3 * t_ours:.3f} | {t_topk / t_ours:.2f}x |")
+    return rows
+
+
+def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
+    torch.manual_seed(0)
+    cfg = StudentModelConfig()
+    student = GNNStudent(784, 10, cfg, bank_size=bank)
+    student.set_bank(torch.randn(bank, 784), torch.randint(0, 10, (bank,)), torch.arange(bank))
+    student.eval()
+    mlp = MLPStudent(784, 10, cfg).eval()
+    images = [torch.randn(256, 1, 28, 28) for _ in range(4)]
+
+    def anchors(x):
+        return student(x, graph="anchors")
+
+    # the search's own results for each input, then served without selecting (everything else runs as in use)
+    real, found = bank_module.topk_torch, []
+
+    def record(*args, **kw):
+        found.append(real(*args, **kw))
+        return found[-1]
+
+    def served(queries, bank_v, k, *, bank_sq=None):
+        pairwise_sq_dists(queries, bank_v, y_sq=bank_sq)  # the distances are computed, not selected from
+        served.calls += 1
+        return found[served.calls % len(found)]
+
+    served.calls = 0
+    t_mlp = per_call(mlp, images, seconds, repeats)
+    t_anchors = per_call(anchors, images, seconds, repeats)
+    try:
+        bank_module.topk_torch = record
+        with torch.inference_mode():
+            for x in images:
+                anchors(x)
+        bank_module.topk_torch = served
+        t_no_select = per_call(anchors, images, seconds, repeats)
+    finally:
+        bank_module.topk_torch = real
+    f_mlp, f_student = flops_per_image(mlp, images[0]), flops_per_image(anchors, images[0])
+    ips = {name: 256 / t for name, t in (("mlp", t_mlp), ("anchors", t_anchors), ("served", t_no_select))}
+    return [
+        "| model (batch 256) | images/s | of the MLP's images/s | FLOPs/image | MLP/model FLOP ratio |",
+        "|---|---|---|---|---|",
+        f"| same-width MLP | {ips['mlp'] / 1e3:.1f}k | 100% | {f_mlp / 1e6:.2f}M | 100% |",
+        f"| student, anchors policy | {ips['anchors'] / 1e3:.1f}k | {ips['anchors'] / ips['mlp']:.0%} | "
+        f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
+        f"| student, anchors policy, search served (no selection) | {ips['served'] / 1e3:.1f}k | "
+        f"{ips['served'] / ips['mlp']:.0%} | {f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--bank", type=int, default=1024, help="anchor bank size of the student (default 1024)")
+    p.add_argument("--sizes", default="256,1024,4096,16384,54000", help="bank sizes of the selection table")
+    p.add_argument("--seconds", type=float, default=0.5, help="seconds per timing (default 0.5)")
+    p.add_argument("--repeats", type=int, default=5, help="timings per figure, the best kept (default 5)")
+    p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    env = environment()
+    lines = [
+        "# What the anchors policy costs beyond its arithmetic (CPU)",
+        "",
+        f"- command: `python scripts/anchors_cost.py {' '.join(sys.argv[1:])}`",
+        f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
+        f"- machine: {env['platform']}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        f"- versions: torch {env['torch']}, python {env['python']}",
+        "",
+        "## Selecting the 11 nearest of each row (256 queries)",
+        "",
+        *selection_table(11, sizes, args.seconds, args.repeats),
+        "",
+        f"## The anchors forward pass against the MLP (bank {args.bank})",
+        "",
+        *forward_table(args.bank, args.seconds, args.repeats),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
