@@ -1,10 +1,10 @@
 """Exact selection of the ``k`` nearest of each row of distances (docs/method.md section 5; issue 15): what the anchor
 search needs, faster on the CPU than one wide ``topk``.
 
-On a CPU ``torch.topk`` costs several nanoseconds an entry on a row of hundreds or thousands (it copies and partially
-sorts every row, comparing floats with NaN checks). :func:`nearest_k` compares 32-bit integer keys, which order as
-non-negative floats do, narrows each row down with block minima (a cheap vectorised reduction) and calls ``topk`` only
-on the few dozen entries left. The result is exact. scripts/select_speed.py measures it against ``topk``.
+On a CPU ``torch.topk`` costs several nanoseconds an entry on a row of thousands (it copies and partially sorts every
+row, comparing floats with NaN checks). :func:`nearest_k` compares 32-bit integer keys, which order as non-negative
+floats do, narrows each row down with block minima (a cheap vectorised reduction) and calls ``topk`` only on the few
+dozen entries left. The result is exact. ``scripts/anchors_cost.py`` measures it against ``topk`` by bank size.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from torch import Tensor
 
 __all__ = ["nearest_k"]
 
-NARROW = 64  # a row of at most this many entries goes to topk as it is
+WIDE = 4096  # rows narrower than this, or fewer than ROWS of them, go to topk as they are (cheaper there, measured
+ROWS = 8  # with scripts/anchors_cost.py: narrowing pays from a few thousand anchors, on one thread and on two)
+NARROW = 64  # the narrowing steps stop at rows of at most this many entries
 BLOCKS = 64  # the fewest blocks a narrowing step makes
 
 
@@ -48,12 +50,13 @@ def nearest_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     The comparisons are on the float32 bit patterns as int32, which order as non-negative floats do (a negative
     entry would sort first among them in reverse; NaN sorts last, as in ``topk``). Each step splits a row's
     :math:`w` candidates into :math:`b = \max(64, \sqrt{w k})` blocks of :math:`s \approx w / b` entries and keeps
-    the :math:`k` blocks of smallest minimum, :math:`k s` candidates (1024 -> 176 -> 44 for k = 11). No entry outside
-    them can be among the row's :math:`k` smallest: if one were, its block's minimum :math:`\mu` would be at least
-    each kept block's, so the :math:`k` kept minima would be :math:`k` entries :math:`\le \mu \le` it. A last
-    ``topk`` orders what is left; the values are gathered from ``dist`` at the end, so gradients reach the selected
-    entries as through ``topk``. Shapes are static (no host synchronisation). Off the CPU, for other dtypes and under
-    export this is ``topk`` itself.
+    the :math:`k` blocks of smallest minimum, :math:`k s` candidates (54,000 -> 792 -> 99 -> 33 for k = 11). No
+    entry outside them can be among the row's :math:`k` smallest: if one were, its block's minimum :math:`\mu` would
+    be at least each kept block's, so the :math:`k` kept minima would be :math:`k` entries :math:`\le \mu \le` it.
+    A last ``topk`` orders what is left; the values are gathered from ``dist`` at the end, so gradients reach the
+    selected entries as through ``topk``. Shapes are static (no host synchronisation). For rows under ``WIDE``
+    entries, fewer than ``ROWS`` rows, off the CPU, for other dtypes and under export this is ``topk`` itself (cheaper
+    there).
 
     Shapes:
         dist :math:`(n, m)` -> values :math:`(n, \min(k, m))` (dtype of ``dist``), index :math:`(n, \min(k, m))`
@@ -61,7 +64,8 @@ def nearest_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     n, m = dist.shape
     k = min(k, m)
-    if dist.device.type != "cpu" or dist.dtype != torch.float32 or torch.compiler.is_exporting() or m <= NARROW:
+    cpu = dist.device.type == "cpu" and dist.dtype == torch.float32 and not torch.compiler.is_exporting()
+    if not cpu or m < WIDE or n < ROWS:
         return dist.topk(k, dim=1, largest=False)
     with torch.no_grad():
         keys, steps = dist.detach().contiguous().view(torch.int32), []

@@ -3,8 +3,16 @@
 import pytest
 import torch
 
+from cnn2gnn import select
 from cnn2gnn.graph import pairwise_sq_dists
 from cnn2gnn.select import nearest_k
+
+
+@pytest.fixture(autouse=True)
+def narrow_everything(monkeypatch):
+    """Narrow rows of any width and count (by default only wide rows are), so small tensors test every step."""
+    monkeypatch.setattr(select, "WIDE", 65)
+    monkeypatch.setattr(select, "ROWS", 1)
 
 
 @pytest.mark.parametrize("m", [1, 7, 64, 65, 97, 176, 1000, 1024, 4099])
@@ -54,3 +62,18 @@ def test_other_dtypes_and_no_rows_fall_back_to_topk():
     assert torch.equal(nearest_k(d, 5)[1], d.topk(5, dim=1, largest=False).indices)
     values, index = nearest_k(torch.rand(0, 200), 5)
     assert values.shape == index.shape == (0, 5)
+
+
+def test_narrow_or_few_rows_go_to_one_topk(monkeypatch):
+    monkeypatch.setattr(select, "WIDE", 4096)
+    monkeypatch.setattr(select, "ROWS", 8)
+    steps = []
+    narrow = select._narrow
+    monkeypatch.setattr(select, "_narrow", lambda *a: steps.append(a[0].shape) or narrow(*a))
+    for shape in ((256, 4095), (7, 5000)):
+        d = torch.rand(shape)
+        assert torch.equal(nearest_k(d, 11)[1], d.topk(11, dim=1, largest=False).indices)
+    assert steps == []
+    d = torch.rand(8, 4096)
+    assert torch.equal(nearest_k(d, 11)[0], d.topk(11, dim=1, largest=False).values)
+    assert steps[0] == (8, 4096)
