@@ -9,7 +9,7 @@ bank 1024 unless --bank) with random weights (timings do not depend on the weigh
    replaced by a lookup of its own results once the distances are computed (everything but the selection), with the
    FLOP ratio beside them.
 
-    python scripts/anchors_cost.py --threads 1 --out docs/anchors_cost.md
+    python scripts/anchors_cost.py --threads 1,2 --out docs/anchors_cost.md
 """
 
 from __future__ import annotations
@@ -111,15 +111,13 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", default="1,2", help="torch CPU thread counts, one set of tables each (default 1,2)")
     p.add_argument("--bank", type=int, default=1024, help="anchor bank size of the student (default 1024)")
     p.add_argument("--sizes", default="256,1024,4096,16384,54000", help="bank sizes of the selection table")
     p.add_argument("--seconds", type=float, default=0.5, help="seconds per timing (default 0.5)")
     p.add_argument("--repeats", type=int, default=5, help="timings per figure, the best kept (default 5)")
     p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     env = environment()
     lines = [
@@ -127,19 +125,24 @@ def main() -> None:
         "",
         f"- command: `python scripts/anchors_cost.py {' '.join(sys.argv[1:])}`",
         f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
-        f"- machine: {env['platform']}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        f"- machine: {env['platform']}, {os.cpu_count()} cores",
         f"- versions: torch {env['torch']}, python {env['python']}",
-        "",
-        "## Selecting the 11 nearest of each row (256 queries)",
-        "",
-        *selection_table(11, sizes, args.seconds, args.repeats),
-        "",
-        f"## The anchors forward pass against the MLP (bank {args.bank})",
-        "",
-        *forward_table(args.bank, args.seconds, args.repeats),
-        "",
+        "- selection: `nearest_k` narrows rows of at least `WIDE` = 4096 entries; below that it is one `topk`",
     ]
-    text = "\n".join(lines)
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        lines += [
+            "",
+            f"## {threads} torch thread{'s' if threads > 1 else ''}: selecting the 11 nearest of 256 queries",
+            "",
+            *selection_table(11, sizes, args.seconds, args.repeats),
+            "",
+            f"## {threads} torch thread{'s' if threads > 1 else ''}: the anchors forward pass against the MLP "
+            f"(bank {args.bank})",
+            "",
+            *forward_table(args.bank, args.seconds, args.repeats),
+        ]
+    text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)
