@@ -16,8 +16,12 @@ from torch import Tensor
 
 __all__ = ["nearest_k"]
 
-WIDE = 4096  # rows narrower than this, or fewer than ROWS of them, go to topk as they are (docs/anchors_cost.md:
-ROWS = 8  # narrowing pays from 4,096 anchors on one thread, from 16,384 on two; at 1,024 topk is as fast or faster)
+# Rows narrower than WIDE (WIDE_ONE_THREAD when torch runs on one thread), or fewer than ROWS of them, go to topk as
+# they are. Measured on a 2-core VM (docs/anchors_cost.md, docs/ablations.md s.11): on one thread narrowing pays from
+# a few hundred entries; on two, topk spreads its rows over the threads and narrowing pays only from ~16,384.
+WIDE_ONE_THREAD = 256
+WIDE = 16384
+ROWS = 64
 NARROW = 64  # the narrowing steps stop at rows of at most this many entries
 BLOCKS = 64  # the fewest blocks a narrowing step makes
 
@@ -55,8 +59,8 @@ def nearest_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     be at least each kept block's, so the :math:`k` kept minima would be :math:`k` entries :math:`\le \mu \le` it.
     A last ``topk`` orders what is left; the values are gathered from ``dist`` at the end, so gradients reach the
     selected entries as through ``topk``. Shapes are static (no host synchronisation). For rows under ``WIDE``
-    entries, fewer than ``ROWS`` rows, off the CPU, for other dtypes and under export this is ``topk`` itself (cheaper
-    there).
+    entries (``WIDE_ONE_THREAD`` on one thread), fewer than ``ROWS`` rows, off the CPU, for other dtypes and when
+    compiled or exported this is ``topk`` itself (cheaper there, or one node of the traced graph).
 
     Shapes:
         dist :math:`(n, m)` -> values :math:`(n, \min(k, m))` (dtype of ``dist``), index :math:`(n, \min(k, m))`
@@ -64,8 +68,9 @@ def nearest_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     n, m = dist.shape
     k = min(k, m)
-    cpu = dist.device.type == "cpu" and dist.dtype == torch.float32 and not torch.compiler.is_exporting()
-    if not cpu or m < WIDE or n < ROWS:
+    traced = torch.compiler.is_exporting() or torch.compiler.is_compiling()  # the traced graph keeps one topk
+    cpu = dist.device.type == "cpu" and dist.dtype == torch.float32 and not traced
+    if not cpu or m < (WIDE_ONE_THREAD if torch.get_num_threads() == 1 else WIDE) or n < ROWS:
         return dist.topk(k, dim=1, largest=False)
     with torch.no_grad():
         keys, steps = dist.detach().contiguous().view(torch.int32), []

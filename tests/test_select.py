@@ -12,6 +12,7 @@ from cnn2gnn.select import nearest_k
 def narrow_everything(monkeypatch):
     """Narrow rows of any width and count (by default only wide rows are), so small tensors test every step."""
     monkeypatch.setattr(select, "WIDE", 65)
+    monkeypatch.setattr(select, "WIDE_ONE_THREAD", 65)
     monkeypatch.setattr(select, "ROWS", 1)
 
 
@@ -66,14 +67,24 @@ def test_other_dtypes_and_no_rows_fall_back_to_topk():
 
 def test_narrow_or_few_rows_go_to_one_topk(monkeypatch):
     monkeypatch.setattr(select, "WIDE", 4096)
+    monkeypatch.setattr(select, "WIDE_ONE_THREAD", 256)
     monkeypatch.setattr(select, "ROWS", 8)
     steps = []
     narrow = select._narrow
     monkeypatch.setattr(select, "_narrow", lambda *a: steps.append(a[0].shape) or narrow(*a))
-    for shape in ((256, 4095), (7, 5000)):
-        d = torch.rand(shape)
-        assert torch.equal(nearest_k(d, 11)[1], d.topk(11, dim=1, largest=False).indices)
-    assert steps == []
-    d = torch.rand(8, 4096)
-    assert torch.equal(nearest_k(d, 11)[0], d.topk(11, dim=1, largest=False).values)
-    assert steps[0] == (8, 4096)
+    threads = torch.get_num_threads()
+    try:
+        for count, shapes in ((2, ((256, 4095), (7, 5000))), (1, ((256, 255), (7, 5000)))):
+            torch.set_num_threads(count)
+            for shape in shapes:
+                d = torch.rand(shape)
+                assert torch.equal(nearest_k(d, 11)[1], d.topk(11, dim=1, largest=False).indices)
+            assert steps == []
+        for count, shape in ((2, (8, 4096)), (1, (8, 256))):
+            torch.set_num_threads(count)
+            d = torch.rand(shape)
+            assert torch.equal(nearest_k(d, 11)[0], d.topk(11, dim=1, largest=False).values)
+            assert steps[0] == shape  # the first narrowing step takes the whole row
+            steps.clear()
+    finally:
+        torch.set_num_threads(threads)
