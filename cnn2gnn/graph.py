@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .config import StudentModelConfig
 from .pyg import dense_to_edge_index, to_edge_index
+from .select import nearest_k
 
 __all__ = [
     "NORM_MODES",
@@ -175,7 +176,7 @@ def _adaptive_neighbours(
         return torch.ones_like(dist[:, :1]), nearest
 
     k = min(k, candidates - 1)
-    values, index = torch.topk(dist, k + 1, dim=1, largest=False, sorted=True)
+    values, index = nearest_k(dist, k + 1)  # ascending; gradients reach the values as through topk
     d_next = values[:, k:]  # d_i(k+1), shape (n, 1)
     gaps = (d_next - values[:, :k]).clamp_min(0.0)  # (d_i(k+1) - d_i(l))_+ for l = 1..k
     denom = gaps.sum(dim=1, keepdim=True)  # = k d_i(k+1) - sum_l d_i(l)

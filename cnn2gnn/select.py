@@ -2,9 +2,11 @@
 search needs, faster on the CPU than one wide ``topk``.
 
 On a CPU ``torch.topk`` costs several nanoseconds an entry on a row of thousands (it copies and partially sorts every
-row, comparing floats with NaN checks). :func:`nearest_k` compares 32-bit integer keys, which order as non-negative
-floats do, narrows each row down with block minima (a cheap vectorised reduction) and calls ``topk`` only on the few
-dozen entries left. The result is exact. ``scripts/anchors_cost.py`` measures it against ``topk`` by bank size.
+row, comparing floats with NaN checks). :func:`nearest_k` runs the native kernel :func:`cnn2gnn.native.select_k`
+where it could be built (block minima, a bound, a few dozen candidates; one C call); elsewhere it compares 32-bit
+integer keys, which order as non-negative floats do, narrows each row down with block minima in torch (a cheap
+vectorised reduction) and calls ``topk`` only on the few dozen entries left. Both are exact.
+``scripts/anchors_cost.py`` measures them against ``topk`` by bank size.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from . import native
 
 __all__ = ["nearest_k"]
 
@@ -51,7 +55,9 @@ def nearest_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     r"""The ``k`` smallest entries of each row of the non-negative ``dist`` (distances), ascending, and their columns:
     the values of ``torch.topk(dist, k, dim=1, largest=False)`` exactly, the same columns unless values tie.
 
-    The comparisons are on the float32 bit patterns as int32, which order as non-negative floats do (a negative
+    On the CPU with float32 and the native kernels available (:mod:`cnn2gnn.native`), one call of
+    :func:`cnn2gnn.native.select_k` (any width; ties to the lower column). Otherwise, in torch: the comparisons are
+    on the float32 bit patterns as int32, which order as non-negative floats do (a negative
     entry would sort first among them in reverse; NaN sorts last, as in ``topk``). Each step splits a row's
     :math:`w` candidates into :math:`b = \max(64, \sqrt{w k})` blocks of :math:`s \approx w / b` entries and keeps
     the :math:`k` blocks of smallest minimum, :math:`k s` candidates (54,000 -> 792 -> 99 -> 33 for k = 11). No
@@ -70,6 +76,9 @@ def nearest_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     k = min(k, m)
     traced = torch.compiler.is_exporting() or torch.compiler.is_compiling()  # the traced graph keeps one topk
     cpu = dist.device.type == "cpu" and dist.dtype == torch.float32 and not traced
+    if cpu and k and (found := native.select_k(dist, k)) is not None:
+        values, index = found
+        return (dist.gather(1, index) if dist.requires_grad else values), index
     if not cpu or m < (WIDE_ONE_THREAD if torch.get_num_threads() == 1 else WIDE) or n < ROWS:
         return dist.topk(k, dim=1, largest=False)
     with torch.no_grad():

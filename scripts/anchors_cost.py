@@ -3,11 +3,12 @@
 Two tables, every figure measured in this one run, models of the quick preset's shape (hidden 512, k 10, graph head 64,
 bank 1024 unless --bank) with random weights (timings do not depend on the weights):
 
-1. the selection of the k + 1 nearest anchors, ``torch.topk`` against :func:`cnn2gnn.select.nearest_k`, on distances
-   of 256 queries to banks of several sizes (fresh distances at every call, as in use);
-2. images/s at batch 256 of the same-width MLP, the student under the anchors policy, and the student with the search
-   replaced by a lookup of its own results once the distances are computed (everything but the selection), with the
-   FLOP ratio beside them.
+1. the selection of the k + 1 nearest anchors, ``torch.topk`` against :func:`cnn2gnn.select.nearest_k` in torch
+   (block minima narrowing) and with the native kernel (:mod:`cnn2gnn.native`, when it could be built), on distances
+   of 256 queries to banks of several sizes;
+2. images/s at batch 256 of the same-width MLP, the student under the anchors policy (with the native kernel and
+   without it), and the student with the search replaced by a lookup of its own results once the distances are
+   computed (everything but the selection), with the FLOP ratio beside them.
 
     python scripts/anchors_cost.py --threads 1,2 --out docs/anchors_cost.md
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cnn2gnn import select
+from cnn2gnn import native, select
 from cnn2gnn.bench.measure import flops_per_image
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.graph import pairwise_sq_dists
@@ -52,16 +53,38 @@ def best_times(fns: dict, inputs: list, seconds: float, repeats: int) -> dict[st
     return best
 
 
+def torch_only(fn):
+    """``fn`` run with the native kernels switched off (cnn2gnn's path where no C compiler is there)."""
+
+    def call(*args):
+        lib = native.library()
+        native._state["lib"] = None
+        try:
+            return fn(*args)
+        finally:
+            native._state["lib"] = lib
+
+    return call
+
+
 def selection_table(k: int, sizes: list[int], seconds: float, repeats: int) -> list[str]:
     g = torch.Generator().manual_seed(0)
-    rows = ["| bank m | topk (ms) | nearest_k (ms) | speed-up |", "|---|---|---|---|"]
+    rows = [
+        "| bank m | topk (ms) | nearest_k, torch (ms) | nearest_k, native (ms) | torch speed-up | native speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in sizes:
         bank = torch.randn(m, 64, generator=g)
         dists = [torch.cdist(torch.randn(256, 64, generator=g), bank).pow(2) for _ in range(4)]
-        fns = {"topk": lambda d: d.topk(k, dim=1, largest=False), "ours": lambda d: select.nearest_k(d, k)}
+        fns = {"topk": lambda d: d.topk(k, dim=1, largest=False), "torch": torch_only(lambda d: select.nearest_k(d, k))}
+        if native.available():
+            fns["native"] = lambda d: select.nearest_k(d, k)
         t = best_times(fns, dists, seconds, repeats)
-        t_topk, t_ours = t["topk"], t["ours"]
-        rows.append(f"| {m:,} | {1e3 * t_topk:.3f} | {1e3 * t_ours:.3f} | {t_topk / t_ours:.2f}x |")
+        t_native = t.get("native", float("nan"))
+        rows.append(
+            f"| {m:,} | {1e3 * t['topk']:.3f} | {1e3 * t['torch']:.3f} | {1e3 * t_native:.3f} | "
+            f"{t['topk'] / t['torch']:.2f}x | {t['topk'] / t_native:.2f}x |"
+        )
     return rows
 
 
@@ -106,7 +129,8 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
         finally:
             bank_module.topk_torch = real
 
-    t = best_times({"mlp": mlp, "anchors": anchors, "served": anchors_served}, images, seconds, repeats)
+    fns = {"mlp": mlp, "anchors": anchors, "torch": torch_only(anchors), "served": anchors_served}
+    t = best_times(fns, images, seconds, repeats)
     f_mlp, f_student = flops_per_image(mlp, images[0]), flops_per_image(anchors, images[0])
     ips = {name: 256 / seconds_per_call for name, seconds_per_call in t.items()}
     return [
@@ -114,6 +138,8 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
         "|---|---|---|---|---|",
         f"| same-width MLP | {ips['mlp'] / 1e3:.1f}k | 100% | {f_mlp / 1e6:.2f}M | 100% |",
         f"| student, anchors policy | {ips['anchors'] / 1e3:.1f}k | {ips['anchors'] / ips['mlp']:.0%} | "
+        f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
+        f"| student, anchors policy, native kernel off | {ips['torch'] / 1e3:.1f}k | {ips['torch'] / ips['mlp']:.0%} | "
         f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
         f"| student, anchors policy, search served (no selection) | {ips['served'] / 1e3:.1f}k | "
         f"{ips['served'] / ips['mlp']:.0%} | {f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
@@ -138,8 +164,9 @@ def main() -> None:
         f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
         f"- machine: {env['platform']}, {os.cpu_count()} cores",
         f"- versions: torch {env['torch']}, python {env['python']}",
-        f"- selection: `nearest_k` narrows rows of at least {select.WIDE_ONE_THREAD:,} entries on one thread and "
-        f"{select.WIDE:,} on more, from {select.ROWS} rows; otherwise it is one `topk`",
+        f"- selection: `nearest_k` runs the native kernel (built here: {native.available()}); without it, it narrows "
+        f"rows of at least {select.WIDE_ONE_THREAD:,} entries on one thread and {select.WIDE:,} on more, from "
+        f"{select.ROWS} rows, and is otherwise one `topk`",
         "- every figure: the best of --repeats interleaved timings (each function timed once a round, in turn)",
     ]
     for threads in (int(t) for t in args.threads.split(",")):

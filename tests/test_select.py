@@ -1,16 +1,23 @@
-"""cnn2gnn.select.nearest_k: the k smallest of each row, exactly as torch.topk finds them."""
+"""cnn2gnn.select.nearest_k: the k smallest of each row, exactly as torch.topk finds them, by the native kernel
+(cnn2gnn.native, where a C compiler is there) and by the pure-torch narrowing (elsewhere)."""
 
 import pytest
 import torch
 
-from cnn2gnn import select
+from cnn2gnn import native, select
 from cnn2gnn.graph import pairwise_sq_dists
 from cnn2gnn.select import nearest_k
 
 
-@pytest.fixture(autouse=True)
-def narrow_everything(monkeypatch):
-    """Narrow rows of any width and count (by default only wide rows are), so small tensors test every step."""
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def narrow_everything(request, monkeypatch):
+    """Each test runs on the native kernel and on the torch path; the torch path narrows rows of any width and
+    count (by default only wide rows are), so small tensors test every step."""
+    if request.param == "native":
+        if not native.available():
+            pytest.skip("no C compiler: the native kernel is not built here")
+        return
+    monkeypatch.setattr(native, "select_k", lambda dist, k: None)
     monkeypatch.setattr(select, "WIDE", 65)
     monkeypatch.setattr(select, "WIDE_ONE_THREAD", 65)
     monkeypatch.setattr(select, "ROWS", 1)
@@ -66,6 +73,7 @@ def test_other_dtypes_and_no_rows_fall_back_to_topk():
 
 
 def test_narrow_or_few_rows_go_to_one_topk(monkeypatch):
+    monkeypatch.setattr(native, "select_k", lambda dist, k: None)
     monkeypatch.setattr(select, "WIDE", 4096)
     monkeypatch.setattr(select, "WIDE_ONE_THREAD", 256)
     monkeypatch.setattr(select, "ROWS", 8)

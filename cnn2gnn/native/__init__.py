@@ -1,0 +1,126 @@
+"""Native CPU kernels (issue 15, item 4): C sources shipped with the package, compiled on first use with the machine's
+C compiler and loaded with :mod:`ctypes`, so the package needs no build step and works without a compiler.
+
+Where a kernel cannot be built (no compiler, a read-only cache, ``CNN2GNN_NATIVE=0``) :func:`library` returns
+``None`` and cnn2gnn uses its pure-torch path, which computes the same thing (tests/test_native.py checks that).
+The shared library goes to ``$CNN2GNN_CACHE_DIR`` (default ``~/.cache/cnn2gnn``) under a name derived from the
+source, the flags, the compiler and the CPU, so a cache shared by different machines never serves a foreign build.
+
+Kernels (one C file each, built into one library):
+
+- :func:`select_k` (``select.c``): the ``k`` smallest entries of each row of a float32 matrix, ascending, ties to
+  the lower column: what :func:`cnn2gnn.select.nearest_k` (the anchor search, the graph head) runs on the CPU
+  (docs/anchors_cost.md measures it against ``torch.topk``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "cache_dir", "library", "select_k"]
+
+log = logging.getLogger(__name__)
+
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c",))
+FLAGS = (("-O3", "-march=native"), ("-O3",))  # the first set that compiles is used
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cpu() -> str:
+    """What a build depends on besides its source and flags: the architecture and the CPU's model and features."""
+    text = platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return text + platform.processor()
+    keys = ("model name", "flags", "Features", "CPU part")
+    return text + "".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
+
+
+def cache_dir() -> Path:
+    """Where built kernels go: ``$CNN2GNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnn2gnn`` or ``~/.cache/cnn2gnn``."""
+    if os.environ.get("CNN2GNN_CACHE_DIR"):
+        return Path(os.environ["CNN2GNN_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnn2gnn"
+
+
+def _build() -> ctypes.CDLL | None:
+    if os.environ.get("CNN2GNN_NATIVE", "1") in ("0", "false", "no", "off"):
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        log.info("cnn2gnn.native: no C compiler found; using the torch path")
+        return None
+    source = b"\0".join(path.read_bytes() for path in SOURCES)
+    for flags in FLAGS:
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(), _cpu().encode()])).hexdigest()
+        target = cache_dir() / "native" / f"kernels-{key[:16]}.so"
+        try:
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built apart, then moved in at once
+                    out = Path(tmp) / target.name
+                    cmd = [cc, *flags, "-std=c99", "-shared", "-fPIC", "-o", str(out), *map(str, SOURCES)]
+                    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+                    os.replace(out, target)
+            return _declare(ctypes.CDLL(str(target)))
+        except (OSError, subprocess.SubprocessError) as e:
+            detail = getattr(e, "stderr", b"") or b""
+            log.info("cnn2gnn.native: %s %s failed: %s %s", cc, " ".join(flags), e, detail.decode(errors="replace"))
+    return None
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.cnn2gnn_select.argtypes = [ptr, i64, i64, i64, ptr, ptr]
+    lib.cnn2gnn_select.restype = ctypes.c_int
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, built on the first call (once per process); ``None`` where they cannot be built."""
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _state["lib"] = _build()
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def available() -> bool:
+    """Whether the native kernels are in use in this process."""
+    return library() is not None
+
+
+def select_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
+    r"""The ``k`` smallest entries of each row of ``dist`` (CPU, float32), ascending, and their columns; ties go to the
+    lower column, NaN sorts last (as in ``torch.topk``). ``None`` when the kernels are not available. No gradient:
+    the caller gathers the values from ``dist`` if it needs one.
+
+    Shapes:
+        dist :math:`(n, m)`, :math:`1 \le k \le m` -> values :math:`(n, k)` float32, index :math:`(n, k)` int64
+    """
+    lib = library()
+    if lib is None:
+        return None
+    n, m = dist.shape
+    if not 1 <= k <= m:
+        raise ValueError(f"select_k: k must be in [1, {m}], got k={k}")
+    d = dist.detach().contiguous()
+    values = torch.empty(n, k, dtype=torch.float32)
+    index = torch.empty(n, k, dtype=torch.int64)
+    if n and lib.cnn2gnn_select(d.data_ptr(), n, m, k, values.data_ptr(), index.data_ptr()):
+        raise MemoryError(f"select_k: out of memory for rows of {m}")
+    return values, index

@@ -1,0 +1,89 @@
+"""cnn2gnn.native: the C selection kernel is built once, cached, equals a stable sort, and is skipped cleanly where it
+cannot be built (cnn2gnn then takes its torch path)."""
+
+import pytest
+import torch
+
+from cnn2gnn import native
+from cnn2gnn.select import nearest_k
+
+needs_kernel = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernel is not built here")
+
+
+def stable_smallest(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: a stable ascending sort (ties in column order, NaN last), its first k."""
+    values, index = torch.sort(d, dim=1, stable=True)
+    return values[:, :k], index[:, :k]
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", [1, 5, 43, 44, 63, 64, 65, 300, 1024, 4099])
+@pytest.mark.parametrize("k", [1, 2, 11, 40])
+def test_select_k_equals_a_stable_sort(m, k):
+    k = min(k, m)
+    g = torch.Generator().manual_seed(m * 7 + k)
+    d = torch.rand(13, m, generator=g)
+    values, index = native.select_k(d, k)
+    ref_values, ref_index = stable_smallest(d, k)
+    assert torch.equal(values, ref_values) and torch.equal(index, ref_index)
+
+
+@needs_kernel
+def test_ties_go_to_the_lower_column_and_every_float_orders():
+    g = torch.Generator().manual_seed(0)
+    d = torch.randint(0, 3, (8, 500), generator=g).float()  # long runs of ties
+    assert torch.equal(native.select_k(d, 20)[1], stable_smallest(d, 20)[1])
+    special = torch.tensor([[float("nan"), 3.0, -0.0, float("inf"), -2.5, 0.0, float("-inf"), 1e-42, -float("nan")]])
+    repeated = special.repeat(2, 8)  # 72 entries: the blocked path
+    for k in (8, 9, 30, 60):
+        assert torch.equal(native.select_k(repeated, k)[1], stable_smallest(repeated, k)[1])  # -0 ties +0
+    values, index = native.select_k(special, 9)  # nine entries: the one-pass path, NaN last as in topk
+    assert torch.equal(index[0, :7], torch.tensor([6, 4, 2, 5, 7, 1, 3]))  # -inf, -2.5, -0, +0, a subnormal, 3, inf
+    assert torch.isnan(values[0, 7:]).all()
+
+
+@needs_kernel
+def test_shapes_strides_and_errors():
+    d = torch.rand(20, 100).t()  # not contiguous
+    assert torch.equal(native.select_k(d, 3)[1], d.topk(3, dim=1, largest=False).indices)
+    values, index = native.select_k(torch.rand(0, 50), 4)
+    assert values.shape == index.shape == (0, 4)
+    with pytest.raises(ValueError, match="k must be in"):
+        native.select_k(torch.rand(2, 5), 6)
+
+
+def test_nearest_k_keeps_gradients_and_matches_topk_with_or_without_the_kernel(monkeypatch):
+    d = torch.rand(70, 2000, requires_grad=True)
+    for build in (True, False):
+        if not build:
+            monkeypatch.setattr(native, "select_k", lambda dist, k: None)
+        values, index = nearest_k(d, 11)
+        ref = d.topk(11, dim=1, largest=False)
+        assert torch.equal(values, ref.values) and torch.equal(index, ref.indices)
+        (grad,) = torch.autograd.grad(values.sum(), d)
+        assert grad.sum().item() == 70 * 11 and torch.equal(grad.gather(1, index), torch.ones(70, 11))
+
+
+def test_no_compiler_or_disabled_means_no_kernel_and_the_torch_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN2GNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    assert native.library() is None and native.select_k(torch.rand(3, 9), 2) is None
+    assert list(tmp_path.rglob("*.so")) == []
+    d = torch.rand(100, 3000)
+    assert torch.equal(nearest_k(d, 5)[1], d.topk(5, dim=1, largest=False).indices)
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("CNN2GNN_NATIVE", "0")
+    assert not native.available()
+
+
+@needs_kernel
+def test_built_once_into_the_cache_and_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN2GNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {})
+    assert native.available()
+    (built,) = tmp_path.rglob("*.so")
+    stamp = built.stat().st_mtime_ns
+    monkeypatch.setattr(native, "_state", {})  # a new process: finds the library, does not rebuild it
+    assert native.available() and built.stat().st_mtime_ns == stamp and list(tmp_path.rglob("*.so")) == [built]
