@@ -11,6 +11,7 @@ import numbers
 import torch
 from torch import Tensor, nn
 
+from . import native
 from .config import StudentModelConfig
 from .pyg import dense_to_edge_index, to_edge_index
 from .select import nearest_k
@@ -176,6 +177,8 @@ def _adaptive_neighbours(
         return torch.ones_like(dist[:, :1]), nearest
 
     k = min(k, candidates - 1)
+    if not (torch.is_grad_enabled() and dist.requires_grad) and (found := native.adaptive_weights(dist, k, eps)):
+        return found  # no gradient needed: the same weights in one native pass (cnn2gnn/native/weights.c)
     values, index = nearest_k(dist, k + 1)  # ascending; gradients reach the values as through topk
     d_next = values[:, k:]  # d_i(k+1), shape (n, 1)
     gaps = (d_next - values[:, :k]).clamp_min(0.0)  # (d_i(k+1) - d_i(l))_+ for l = 1..k

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cnn2gnn import native
+from cnn2gnn.graph import sparse_neighbours
 from cnn2gnn.select import nearest_k
 
 needs_kernel = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernel is not built here")
@@ -87,3 +88,61 @@ def test_built_once_into_the_cache_and_reused(monkeypatch, tmp_path):
     stamp = built.stat().st_mtime_ns
     monkeypatch.setattr(native, "_state", {})  # a new process: finds the library, does not rebuild it
     assert native.available() and built.stat().st_mtime_ns == stamp and list(tmp_path.rglob("*.so")) == [built]
+
+
+@needs_kernel
+def test_select_k_gives_the_same_rows_on_any_thread_count():
+    d = torch.rand(1000, 700)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(native.select_k(d, 11))
+    finally:
+        torch.set_num_threads(threads)
+    for values, index in results[1:]:
+        assert torch.equal(values, results[0][0]) and torch.equal(index, results[0][1])
+
+
+def torch_neighbours(monkeypatch, dist, k, **kw):
+    """sparse_neighbours by its torch operators (the native weights switched off for this call)."""
+    with monkeypatch.context() as m:
+        m.setattr(native, "adaptive_weights", lambda *a: None)
+        return sparse_neighbours(dist, k, **kw)
+
+
+@needs_kernel
+@pytest.mark.parametrize("width", [2, 3, 11, 12, 40, 64])
+def test_adaptive_weights_equal_the_torch_operators(monkeypatch, width):
+    g = torch.Generator().manual_seed(width)
+    dist = torch.rand(50, width, generator=g)
+    dist[3] = 0.5  # every candidate at the same distance: uniform weights
+    dist[4, :2] = float("inf")  # masked pairs
+    dist[5] = torch.randint(0, 3, (width,), generator=g).float()  # ties
+    for k in sorted({1, min(5, width - 1), width - 1}):
+        weights, cols = sparse_neighbours(dist, k)
+        ref_weights, ref_cols = torch_neighbours(monkeypatch, dist, k)
+        torch.testing.assert_close(weights, ref_weights, rtol=1e-6, atol=1e-7, equal_nan=True)  # inf - inf: both NaN
+        assert torch.equal(cols[6:], ref_cols[6:]) and torch.equal(cols[:3], ref_cols[:3])  # no ties there
+        assert torch.equal(dist.gather(1, cols), dist.gather(1, ref_cols))  # tied columns hold the same distances
+        torch.testing.assert_close(weights.sum(dim=1)[torch.arange(50) != 4], torch.ones(49))  # row 4 may be NaN
+
+
+@needs_kernel
+def test_adaptive_weights_leave_gradients_nan_and_wide_rows_to_torch(monkeypatch):
+    calls = []
+    real = native.adaptive_weights
+    monkeypatch.setattr(native, "adaptive_weights", lambda *a: calls.append(a[0].shape) or real(*a))
+    dist = torch.rand(8, 12, requires_grad=True)
+    weights, _ = sparse_neighbours(dist, 4)
+    assert weights.requires_grad and calls == []  # the gradient needs torch's operators
+    with torch.no_grad():
+        sparse_neighbours(dist, 4)
+    assert calls == [(8, 12)]
+    nan = torch.rand(4, 6)
+    nan[1, 2] = float("nan")  # NaN sorts last, as topk sorts it
+    torch.testing.assert_close(sparse_neighbours(nan, 3), torch_neighbours(monkeypatch, nan, 3), equal_nan=True)
+    assert native.adaptive_weights(torch.rand(2, 65), 5, 1e-12) is None  # over 64 candidates: torch's path
+    wide = torch.rand(3, 100)
+    torch.testing.assert_close(sparse_neighbours(wide, 10), torch_neighbours(monkeypatch, wide, 10))

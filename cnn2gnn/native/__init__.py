@@ -10,7 +10,12 @@ Kernels (one C file each, built into one library):
 
 - :func:`select_k` (``select.c``): the ``k`` smallest entries of each row of a float32 matrix, ascending, ties to
   the lower column: what :func:`cnn2gnn.select.nearest_k` (the anchor search, the graph head) runs on the CPU
-  (docs/anchors_cost.md measures it against ``torch.topk``).
+  (docs/anchors_cost.md measures it against ``torch.topk``);
+- :func:`adaptive_weights` (``weights.c``): the closed-form graph weights of a few candidate distances per row, what
+  :func:`cnn2gnn.graph.sparse_neighbours` computes when no gradient is needed.
+
+Every function here returns ``None`` (its caller then takes the torch path) for tensors off the CPU, of another
+dtype than float32, inside ``torch.compile`` or ``torch.export``, or when the kernels are not built.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "cache_dir", "library", "select_k"]
+__all__ = ["adaptive_weights", "available", "cache_dir", "library", "select_k"]
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c",))
-FLAGS = (("-O3", "-march=native"), ("-O3",))  # the first set that compiles is used
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c", "weights.c"))
+# the first set that compiles is used; -fopenmp shares the rows among torch's threads (torch's libgomp, already
+# loaded, serves the library: one thread pool)
+FLAGS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",))
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -85,8 +92,10 @@ def _build() -> ctypes.CDLL | None:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.cnn2gnn_select.argtypes = [ptr, i64, i64, i64, ptr, ptr]
+    lib.cnn2gnn_select.argtypes = [ptr, i64, i64, i64, ptr, ptr, ctypes.c_int]
     lib.cnn2gnn_select.restype = ctypes.c_int
+    lib.cnn2gnn_adaptive_weights.argtypes = [ptr, i64, i64, i64, ctypes.c_double, ptr, ptr]
+    lib.cnn2gnn_adaptive_weights.restype = None
     return lib
 
 
@@ -104,15 +113,25 @@ def available() -> bool:
     return library() is not None
 
 
+def _kernels_for(t: Tensor) -> ctypes.CDLL | None:
+    """The library when it can serve the tensor ``t`` (CPU, float32, eager), else ``None``."""
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        return None
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():  # a traced graph keeps torch's operators
+        return None
+    return library()
+
+
 def select_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     r"""The ``k`` smallest entries of each row of ``dist`` (CPU, float32), ascending, and their columns; ties go to the
     lower column, NaN sorts last (as in ``torch.topk``). ``None`` when the kernels are not available. No gradient:
-    the caller gathers the values from ``dist`` if it needs one.
+    the caller gathers the values from ``dist`` if it needs one. Rows are shared among torch's threads
+    (``torch.get_num_threads()``, at least 16 rows each) when the library was built with OpenMP.
 
     Shapes:
         dist :math:`(n, m)`, :math:`1 \le k \le m` -> values :math:`(n, k)` float32, index :math:`(n, k)` int64
     """
-    lib = library()
+    lib = _kernels_for(dist)
     if lib is None:
         return None
     n, m = dist.shape
@@ -121,6 +140,27 @@ def select_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     d = dist.detach().contiguous()
     values = torch.empty(n, k, dtype=torch.float32)
     index = torch.empty(n, k, dtype=torch.int64)
-    if n and lib.cnn2gnn_select(d.data_ptr(), n, m, k, values.data_ptr(), index.data_ptr()):
+    threads = torch.get_num_threads()
+    if n and lib.cnn2gnn_select(d.data_ptr(), n, m, k, values.data_ptr(), index.data_ptr(), threads):
         raise MemoryError(f"select_k: out of memory for rows of {m}")
     return values, index
+
+
+def adaptive_weights(dist: Tensor, k: int, eps: float) -> tuple[Tensor, Tensor] | None:
+    r"""The closed-form weights of :func:`cnn2gnn.graph.sparse_neighbours` over each row's ``K`` candidate distances:
+    sorted ascending :math:`d_{(1)} \le \dots \le d_{(k+1)}` (ties to the lower column, NaN last),
+    :math:`p_l = (d_{(k+1)} - d_{(l)})_+ / \sum_{l'} (d_{(k+1)} - d_{(l')})_+`, or :math:`1/k` for a row whose sum is
+    at most ``eps``; and the columns, nearest first. No gradient. ``None`` when the kernels cannot serve ``dist``.
+
+    Shapes:
+        dist :math:`(n, K)`, :math:`k + 1 \le K \le 64` -> weights :math:`(n, k)` float32, columns :math:`(n, k)` int64
+    """
+    lib = _kernels_for(dist)
+    n, width = dist.shape
+    if lib is None or not 1 <= k < width <= 64:
+        return None
+    d = dist.detach().contiguous()
+    weights = torch.empty(n, k, dtype=torch.float32)
+    columns = torch.empty(n, k, dtype=torch.int64)
+    lib.cnn2gnn_adaptive_weights(d.data_ptr(), n, width, k, eps, weights.data_ptr(), columns.data_ptr())
+    return weights, columns

@@ -9,11 +9,14 @@
  *      dozen candidates, from which the k smallest are kept in order.
  * b is about sqrt(m k / 2), which balances passes 2 and 3. Comparisons are on int32 keys that order as the floats do
  * (-0 equal to +0, NaN after every number, as torch.topk sorts it); ties go to the lower column, so the result is
- * exact and deterministic. Single-threaded: a call costs less than waking a thread pool at the sizes cnn2gnn uses.
+ * exact and deterministic. Rows are shared among OpenMP threads (torch's thread count), each with its own buffers.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* an int32 key that orders as the float does: -inf < ... < -0 = +0 < ... < +inf < NaN (either sign) */
 static inline int32_t key_of(float v) {
@@ -74,23 +77,38 @@ static void select_row(const float *row, int64_t m, int64_t k, int64_t blocks, w
     for (int64_t l = 0; l < c; l++) keep(w->keys, w->idx, k, &len, w->cand_key[l], w->cand_idx[l]);
 }
 
-/* d: (n, m) row-major; 1 <= k <= m; out_d, out_i: (n, k). Returns 0, or 1 when out of memory. */
-int cnn2gnn_select(const float *d, int64_t n, int64_t m, int64_t k, float *out_d, int64_t *out_i) {
+/* d: (n, m) row-major; 1 <= k <= m; out_d, out_i: (n, k); rows shared among `threads` OpenMP threads (torch's own
+ * pool when built with -fopenmp next to torch's libgomp). Returns 0, or 1 when out of memory. */
+int cnn2gnn_select(const float *d, int64_t n, int64_t m, int64_t k, float *out_d, int64_t *out_i, int threads) {
     int64_t blocks = 0;
     if (m >= 4 * k && m >= 64) {
         blocks = 16;
         while (2 * blocks * blocks < m * k) blocks += 16;
     }
+    int64_t most = n / 16; /* at least 16 rows a thread: a few rows are not worth waking one */
+    if (threads > most) threads = most > 1 ? (int)most : 1;
+#ifndef _OPENMP
+    threads = 1;
+#endif
     int64_t cap = m + 1; /* candidates: all entries at worst (a row of ties) */
-    char *mem = malloc((size_t)(k + cap) * sizeof(int64_t) + (size_t)(blocks + k + cap) * sizeof(int32_t));
+    size_t each = (size_t)(k + cap) * sizeof(int64_t) + (size_t)(blocks + k + cap) * sizeof(int32_t);
+    char *mem = malloc(each * (size_t)threads);
     if (!mem) return 1;
-    work_t w;
-    w.idx = (int64_t *)mem;
-    w.cand_idx = w.idx + k;
-    w.mins = (int32_t *)(w.cand_idx + cap);
-    w.keys = w.mins + blocks;
-    w.cand_key = w.keys + k;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads)
+#endif
     for (int64_t i = 0; i < n; i++) {
+#ifdef _OPENMP
+        char *mine = mem + each * (size_t)omp_get_thread_num();
+#else
+        char *mine = mem;
+#endif
+        work_t w;
+        w.idx = (int64_t *)mine;
+        w.cand_idx = w.idx + k;
+        w.mins = (int32_t *)(w.cand_idx + cap);
+        w.keys = w.mins + blocks;
+        w.cand_key = w.keys + k;
         const float *row = d + i * m;
         select_row(row, m, k, blocks, &w);
         for (int64_t l = 0; l < k; l++) {
