@@ -6,9 +6,9 @@ bank 1024 unless --bank) with random weights (timings do not depend on the weigh
 1. the selection of the k + 1 nearest anchors, ``torch.topk`` against :func:`cnn2gnn.select.nearest_k` in torch
    (block minima narrowing) and with the native kernel (:mod:`cnn2gnn.native`, when it could be built), on distances
    of 256 queries to banks of several sizes;
-2. images/s at batch 256 of the same-width MLP, the student under the anchors policy (with the native kernel and
-   without it), and the student with the search replaced by a lookup of its own results once the distances are
-   computed (everything but the selection), with the FLOP ratio beside them.
+2. images/s at batch 256 of the same-width MLP, the student under the anchors policy (with the native kernels and
+   without them), and the student with one part of its forward pass (the selection, the graph weights, the gathers)
+   replaced by a lookup of that part's own results: what each part costs where it runs, not in isolation.
 
     python scripts/anchors_cost.py --threads 1,2 --out docs/anchors_cost.md
 """
@@ -25,11 +25,13 @@ from pathlib import Path
 
 import torch
 
+from cnn2gnn import graph as graph_module
 from cnn2gnn import native, select
 from cnn2gnn.bench.measure import flops_per_image
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.graph import pairwise_sq_dists
 from cnn2gnn.models import bank as bank_module
+from cnn2gnn.models import layers as layers_module
 from cnn2gnn.models.gnn import GNNStudent
 from cnn2gnn.models.mlp import MLPStudent
 from cnn2gnn.run import environment
@@ -88,6 +90,50 @@ def selection_table(k: int, sizes: list[int], seconds: float, repeats: int) -> l
     return rows
 
 
+SERVED = {
+    "selection": "its selection of the k + 1 nearest anchors (the distances still computed)",
+    "weights": "its graph weights over those candidates",
+    "gathers": "its two gathers of the anchors' messages",
+}
+
+
+def distances_only(queries, bank_v, k, *, bank_sq=None):
+    pairwise_sq_dists(queries, bank_v, y_sq=bank_sq)
+
+
+def serving(forward, inputs: list, module, name: str, also=None):
+    """``forward`` with ``module.name`` replaced by a lookup of what it returned on ``inputs`` (recorded once, served
+    in the same order), so that a timing leaves out that one part; ``also(*args, **kw)`` still runs in its place."""
+    real, found = getattr(module, name), []
+
+    def record(*args, **kw):
+        found.append(real(*args, **kw))
+        return found[-1]
+
+    setattr(module, name, record)
+    try:
+        with torch.inference_mode():
+            for x in inputs:
+                forward(x)
+    finally:
+        setattr(module, name, real)
+    results = itertools.cycle(found)
+
+    def lookup(*args, **kw):
+        if also is not None:
+            also(*args, **kw)
+        return next(results)
+
+    def call(x):
+        setattr(module, name, lookup)
+        try:
+            return forward(x)
+        finally:
+            setattr(module, name, real)
+
+    return call
+
+
 def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
     torch.manual_seed(0)
     cfg = StudentModelConfig()
@@ -100,36 +146,14 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
     def anchors(x):
         return student(x, graph="anchors")
 
-    # the search's own results for each input, then served without selecting (everything else runs as in use)
-    real, found = bank_module.topk_torch, []
-
-    def record(*args, **kw):
-        found.append(real(*args, **kw))
-        return found[-1]
-
     with torch.inference_mode():
         anchors(images[0])  # the bank's states and its own graph, cached once before recording
-    try:
-        bank_module.topk_torch = record
-        with torch.inference_mode():
-            for x in images:
-                anchors(x)
-    finally:
-        bank_module.topk_torch = real
-    results = itertools.cycle(found)
-
-    def served(queries, bank_v, k, *, bank_sq=None):
-        pairwise_sq_dists(queries, bank_v, y_sq=bank_sq)  # the distances are computed, not selected from
-        return next(results)
-
-    def anchors_served(x):
-        bank_module.topk_torch = served
-        try:
-            return anchors(x)
-        finally:
-            bank_module.topk_torch = real
-
-    fns = {"mlp": mlp, "anchors": anchors, "torch": torch_only(anchors), "served": anchors_served}
+    served = {
+        "selection": serving(anchors, images, bank_module, "topk_torch", also=distances_only),
+        "weights": serving(anchors, images, graph_module, "sparse_neighbours"),
+        "gathers": serving(anchors, images, layers_module, "gather"),
+    }
+    fns = {"mlp": mlp, "anchors": anchors, "torch": torch_only(anchors), **served}
     t = best_times(fns, images, seconds, repeats)
     f_mlp, f_student = flops_per_image(mlp, images[0]), flops_per_image(anchors, images[0])
     ips = {name: 256 / seconds_per_call for name, seconds_per_call in t.items()}
@@ -141,8 +165,11 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
         f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
         f"| student, anchors policy, native kernel off | {ips['torch'] / 1e3:.1f}k | {ips['torch'] / ips['mlp']:.0%} | "
         f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
-        f"| student, anchors policy, search served (no selection) | {ips['served'] / 1e3:.1f}k | "
-        f"{ips['served'] / ips['mlp']:.0%} | {f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
+        *(
+            f"| student, anchors policy, {part} served | {ips[key] / 1e3:.1f}k | {ips[key] / ips['mlp']:.0%} | "
+            f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |"
+            for key, part in SERVED.items()
+        ),
     ]
 
 
