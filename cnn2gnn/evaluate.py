@@ -84,17 +84,35 @@ def images_per_second(
     """Throughput of ``fn`` on batches of ``batch_size`` copies drawn from ``example`` (graph cost included): the
     best of ``repeats`` timings, each of at least ``min_seconds / repeats`` and at most ``max_iters / repeats`` calls
     (the best being the one least slowed by other work on the machine)."""
-    reps = -(-batch_size // len(example))
-    x = example.repeat(reps, *([1] * (example.dim() - 1)))[:batch_size]
-    x = x + 0.01 * torch.randn_like(x)  # distinct rows, so the graph is not built over exact duplicates
-    fn(x)  # warm-up (builds the anchor cache once, as a deployed model would)
-    best = 0.0
+    return images_per_second_together([fn], [example], batch_size, min_seconds, max_iters, repeats)[0]
+
+
+@torch.no_grad()
+def images_per_second_together(
+    fns: Sequence[Callable],
+    examples: Sequence[torch.Tensor],
+    batch_size: int,
+    min_seconds: float = 1.0,
+    max_iters: int = 200,
+    repeats: int = 3,
+) -> list[float]:
+    """:func:`images_per_second` of each of ``fns`` (on its own ``examples[i]``), timed interleaved: each of the
+    ``repeats`` rounds times every function once, in turn, so that the ratios between them compare the same moments
+    of a machine whose speed drifts (the 2-core VM of docs/ moves by up to 2x between minutes)."""
+    batches = []
+    for fn, example in zip(fns, examples, strict=True):
+        reps = -(-batch_size // len(example))
+        x = example.repeat(reps, *([1] * (example.dim() - 1)))[:batch_size]
+        batches.append(x + 0.01 * torch.randn_like(x))  # distinct rows: the graph is not built over exact duplicates
+        fn(batches[-1])  # warm-up (builds the anchor cache once, as a deployed model would)
+    best = [0.0] * len(fns)
     for _ in range(repeats):
-        iters, start = 0, time.perf_counter()
-        while iters < max_iters // repeats and (iters < 3 or time.perf_counter() - start < min_seconds / repeats):
-            fn(x)
-            iters += 1
-        best = max(best, iters * batch_size / (time.perf_counter() - start))
+        for i, (fn, x) in enumerate(zip(fns, batches, strict=True)):
+            iters, start = 0, time.perf_counter()
+            while iters < max_iters // repeats and (iters < 3 or time.perf_counter() - start < min_seconds / repeats):
+                fn(x)
+                iters += 1
+            best[i] = max(best[i], iters * batch_size / (time.perf_counter() - start))
     return best
 
 

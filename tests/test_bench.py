@@ -31,6 +31,7 @@ from cnn2gnn.bench import (
 )
 from cnn2gnn.config import StudentConfig, build_config
 from cnn2gnn.errors import ConfigError, UserError
+from cnn2gnn.evaluate import images_per_second_together
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 
@@ -353,3 +354,21 @@ def test_a_preset_may_train_only_some_baseline_rows(tmp_path):
     path.write_text("base: tiny\nstudents: [mlp-xx]\n")
     with pytest.raises(UserError, match="unknown student row 'mlp-xx'"):
         plan(load_preset(path))
+
+
+def test_speeds_are_timed_together_in_interleaved_rounds():
+    calls = []
+
+    def model(tag):
+        def fn(x):
+            calls.append((tag, len(x)))
+            return x
+
+        return fn
+
+    example = torch.zeros(3, 1, 4, 4)
+    speeds = images_per_second_together([model("a"), model("b")], [example, example], 5, min_seconds=0.0, repeats=3)
+    assert len(speeds) == 2 and all(s > 0 for s in speeds)
+    assert {n for _, n in calls} == {5}  # batches of the asked size, drawn from the example
+    runs = [tag for i, (tag, _) in enumerate(calls) if i == 0 or calls[i - 1][0] != tag]
+    assert runs == ["a", "b"] + ["a", "b"] * 3  # the warm-ups, then each round times every model in turn

@@ -20,7 +20,7 @@ from ..data import resolve_root
 from ..errors import UserError
 from ..run import build_data, data_summary, resolve_device
 from .figures import figures
-from .measure import evaluate_run, learned_graph, sensitivity
+from .measure import evaluate_run, learned_graph, measure_speeds, sensitivity
 from .plan import METHOD, override_value, plan_rows
 from .presets import Preset, load_preset
 from .provenance import load_average, machine
@@ -96,13 +96,18 @@ def _bench(
     log = train_jobs(preset, rows, common, bundle.fingerprint, out, progress)
     seconds: dict[str, float] = {"train": time.perf_counter() - t_start}
 
-    # evaluation: every run; cost (FLOPs, images/s) once per row, on its first seed
+    # evaluation: every run; cost (FLOPs, images/s) once per row, on its first seed, images/s of all rows together
     t0 = time.perf_counter()
     evals = [(row, run) for row in rows.values() for run in row.runs]
     bar = tqdm(evals, desc="bench: evaluating", unit="run", disable=None if progress else True, dynamic_ncols=True)
     for row, run in bar:
         bar.set_postfix_str(f"{row.name} s{run['seed']}")
         run["eval"] = evaluate_run(out / run["folder"], bundle, preset, dev, cost=run is row.runs[0])
+    firsts = [row.runs[0] for row in rows.values()]
+    speeds = measure_speeds([out / run["folder"] for run in firsts], bundle, preset, dev)  # timed together
+    for run in firsts:
+        for name, entry in run["eval"]["policies"].items():
+            entry["images_per_s"] = speeds[Path(run["folder"]).name][name]
     results_rows = {name: aggregate(row) for name, row in rows.items()}
     seconds["evaluate"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import torch
 from .. import plots, policy
 from ..checkpoint import load_model
 from ..data import BatchIterator, DataBundle
-from ..evaluate import check_data, evaluate_accuracy, images_per_second
+from ..evaluate import check_data, evaluate_accuracy, images_per_second_together
 from ..models.cnn import count_parameters
 from .plan import METHOD
 from .presets import Preset
@@ -67,7 +67,7 @@ def _example(bundle: DataBundle, meta: dict[str, Any], n: int, device) -> torch.
 def evaluate_run(
     folder: Path, bundle: DataBundle, preset: Preset, device: torch.device, *, cost: bool
 ) -> dict[str, Any]:
-    """Accuracy of the model in ``folder`` under each policy it supports; with ``cost`` also FLOPs and images/s."""
+    """Accuracy of the model in ``folder`` under each policy it supports; with ``cost`` also its FLOPs."""
     model, meta = load_model(folder, device)
     check_data(meta, bundle)
     out: dict[str, Any] = {"parameters": count_parameters(model), "policies": {}}
@@ -91,13 +91,32 @@ def evaluate_run(
         entry: dict[str, Any] = {"test_acc": acc["mean"], "shuffle_accs": acc["accs"]}
         if "class_sorted_acc" in acc:
             entry["class_sorted_acc"] = acc["class_sorted_acc"]
-        if cost:
-            fn, _ = policy.resolve(model, graph)
-            entry["flops_per_image"] = flops_per_image(fn, example)
-            entry["images_per_s"] = {
-                str(b): images_per_second(fn, example, b, min_seconds=preset.speed_seconds) for b in (1, 256)
-            }
+        if cost:  # images/s: measure_speeds, all rows together
+            entry["flops_per_image"] = flops_per_image(policy.resolve(model, graph)[0], example)
         out["policies"][name] = entry
+    return out
+
+
+def measure_speeds(
+    folders: list[Path], bundle: DataBundle, preset: Preset, device, *, repeats: int = 5
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Images/s at batch 1 and 256 of the model in each folder under each policy it supports, ``{folder name:
+    {policy: {batch size: images/s}}}``, every (model, policy) timed together with the others in ``repeats`` rounds
+    (:func:`cnn2gnn.evaluate.images_per_second_together`, ``preset.speed_seconds`` each), so that the ratios the
+    report states (student against MLP, against teacher) are measured at the same moments."""
+    fns, examples, keys = [], [], []
+    for folder in folders:
+        model, meta = load_model(folder, device)
+        example = _example(bundle, meta, 256, device)
+        for name in policies(model):
+            fns.append(policy.resolve(model, None if name == policy.NONE else name)[0])
+            examples.append(example)
+            keys.append((folder.name, name))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for b in (1, 256):
+        speeds = images_per_second_together(fns, examples, b, min_seconds=preset.speed_seconds, repeats=repeats)
+        for (folder, name), ips in zip(keys, speeds, strict=True):
+            out.setdefault(folder, {}).setdefault(name, {})[str(b)] = ips
     return out
 
 

@@ -159,8 +159,9 @@ def report(results: dict) -> str:
         "validation accuracy (`run.keep=best`; validation logged under the training graph policy, one fixed shuffle, "
         "batch 512), measured once on the test split after training. FLOPs per image from `torch.utils.flop_counter` "
         "on a batch of 256 (graph distances and propagation included). images/s on this machine at batch 1 and 256, "
-        "graph included (the anchors policy's "
-        "bank precomputed once).",
+        "graph included (the anchors policy's bank precomputed once), of each row's first seed, every row timed "
+        "together: 5 interleaved rounds, the best of each kept, so that the ratios between rows compare the same "
+        "moments.",
         "",
         "| model | graph at test | n | test acc (saved model) | saved epoch | best-val epoch | val acc, best "
         "| val acc, last | params | FLOPs/image | s/epoch (train) | train FLOPs/image | images/s b=1 "
