@@ -146,3 +146,14 @@ def test_adaptive_weights_leave_gradients_nan_and_wide_rows_to_torch(monkeypatch
     assert native.adaptive_weights(torch.rand(2, 65), 5, 1e-12) is None  # over 64 candidates: torch's path
     wide = torch.rand(3, 100)
     torch.testing.assert_close(sparse_neighbours(wide, 10), torch_neighbours(monkeypatch, wide, 10))
+
+
+@needs_kernel
+def test_a_compiler_command_with_arguments(monkeypatch, tmp_path):
+    import shutil
+
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    monkeypatch.setenv("CNN2GNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", f"{compiler} -DCNN2GNN_UNUSED=1")  # as CC often is: a command and its options
+    monkeypatch.setattr(native, "_state", {})
+    assert native.available() and len(list(tmp_path.rglob("*.so"))) == 1

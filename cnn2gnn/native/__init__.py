@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -67,8 +68,8 @@ def cache_dir() -> Path:
 def _build() -> ctypes.CDLL | None:
     if os.environ.get("CNN2GNN_NATIVE", "1") in ("0", "false", "no", "off"):
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")  # CC: "gcc -m64"
+    if not cc:
         log.info("cnn2gnn.native: no C compiler found; using the torch path")
         return None
     source = b"\0".join(path.read_bytes() for path in SOURCES)
@@ -80,7 +81,7 @@ def _build() -> ctypes.CDLL | None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built apart, then moved in at once
                     out = Path(tmp) / target.name
-                    cmd = [cc, *flags, "-std=c99", "-shared", "-fPIC", "-o", str(out), *map(str, SOURCES)]
+                    cmd = [*shlex.split(cc), *flags, "-std=c99", "-shared", "-fPIC", "-o", str(out), *map(str, SOURCES)]
                     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
                     os.replace(out, target)
             return _declare(ctypes.CDLL(str(target)))
