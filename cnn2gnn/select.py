@@ -74,11 +74,11 @@ def nearest_k(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     n, m = dist.shape
     k = min(k, m)
-    traced = torch.compiler.is_exporting() or torch.compiler.is_compiling()  # the traced graph keeps one topk
-    cpu = dist.device.type == "cpu" and dist.dtype == torch.float32 and not traced
-    if cpu and k and (found := native.select_k(dist, k)) is not None:
+    if k and (found := native.select_k(dist, k)) is not None:  # None off the CPU, for other dtypes, when traced
         values, index = found
         return (dist.gather(1, index) if dist.requires_grad else values), index
+    traced = torch.compiler.is_exporting() or torch.compiler.is_compiling()  # the traced graph keeps one topk
+    cpu = dist.device.type == "cpu" and dist.dtype == torch.float32 and not traced
     if not cpu or m < (WIDE_ONE_THREAD if torch.get_num_threads() == 1 else WIDE) or n < ROWS:
         return dist.topk(k, dim=1, largest=False)
     with torch.no_grad():

@@ -59,12 +59,8 @@ def torch_only(fn):
     """``fn`` run with the native kernels switched off (cnn2gnn's path where no C compiler is there)."""
 
     def call(*args):
-        lib = native.library()
-        native._state["lib"] = None
-        try:
+        with native.disabled():
             return fn(*args)
-        finally:
-            native._state["lib"] = lib
 
     return call
 

@@ -157,3 +157,10 @@ def test_a_compiler_command_with_arguments(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", f"{compiler} -DCNN2GNN_UNUSED=1")  # as CC often is: a command and its options
     monkeypatch.setattr(native, "_state", {})
     assert native.available() and len(list(tmp_path.rglob("*.so"))) == 1
+
+
+def test_disabled_switches_to_the_torch_path_for_the_block_only():
+    before = native.library()
+    with native.disabled():
+        assert not native.available() and native.select_k(torch.rand(2, 5), 1) is None
+    assert native.library() is before  # the kernels come back (or stay absent) after the block

@@ -20,6 +20,7 @@ dtype than float32, inside ``torch.compile`` or ``torch.export``, or when the ke
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["adaptive_weights", "available", "cache_dir", "library", "select_k"]
+__all__ = ["adaptive_weights", "available", "cache_dir", "disabled", "library", "select_k"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,17 @@ def library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the native kernels are in use in this process."""
     return library() is not None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block, cnn2gnn takes its torch path as if the kernels could not be built (to compare the two)."""
+    saved = library()
+    _state["lib"] = None
+    try:
+        yield
+    finally:
+        _state["lib"] = saved
 
 
 def _kernels_for(t: Tensor) -> ctypes.CDLL | None:
