@@ -1,6 +1,7 @@
-"""Nearest anchors behind one interface (docs/method.md section 5; issue 15): an exact top-k in torch, blocked so that
-banks up to the whole training split fit in memory, and faiss (exact ``IndexFlatL2``, approximate ``IndexIVFFlat``)
-for large banks. A search returns squared distances and positions; in training the student recomputes the distances of
+"""Nearest anchors behind one interface (docs/method.md section 5; issue 15): an exact search (the native kernel
+:func:`cnn2gnn.native.nearest` on CPUs with 256-bit vectors or wider, else a top-k in torch, blocked so that banks up to
+the whole training split fit in memory), and faiss (exact ``IndexFlatL2``, approximate ``IndexIVFFlat``) for large
+banks. A search returns squared distances and positions; in training the student recomputes the distances of
 the anchors it selected, with gradients, so every backend gives the same graph head (exactly, for the exact ones).
 """
 
@@ -11,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import native
 from .errors import UserError
 from .graph import pairwise_sq_dists
 from .select import nearest_k
@@ -58,14 +60,23 @@ def topk_torch(
 
 
 class TorchSearch:
-    """Exact search with :func:`topk_torch` on the bank's device (the default; what training always uses)."""
+    """Exact search of a fixed bank (the default search of the anchors policy in eval mode): the native kernel
+    :func:`cnn2gnn.native.nearest` where it can serve the bank (a float32 CPU bank without gradient, a build with
+    256-bit vectors or wider: distances and selection in one pass, the bank packed once here), else
+    :func:`topk_torch` on the bank's device. Both are exact; their distances differ only in the rounding of the dot
+    products. The bank is read at construction: build a new search after changing it."""
 
     kind = "torch"
 
     def __init__(self, bank: Tensor, bank_sq: Tensor | None = None) -> None:
+        if bank_sq is None:
+            bank_sq = bank.detach().pow(2).sum(dim=1)
         self.bank, self.bank_sq = bank, bank_sq
+        self.packed = native.pack(bank, bank_sq)
 
     def __call__(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        if self.packed is not None and (found := native.nearest(queries, self.packed, min(k, len(self.bank)))):
+            return found
         return topk_torch(queries, self.bank, k, bank_sq=self.bank_sq)
 
 

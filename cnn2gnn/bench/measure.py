@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .. import plots, policy
+from .. import native, plots, policy
 from ..checkpoint import load_model
 from ..data import BatchIterator, DataBundle
 from ..evaluate import check_data, evaluate_accuracy, images_per_second_together
@@ -25,10 +25,11 @@ def flops_per_image(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor)
     """FLOPs of one forward over the batch ``x`` divided by its size, counted by ``FlopCounterMode`` (matmuls and
     convolutions, 2 per multiply-add: the graph's distances and its dense propagation are included; top-k, the
     normalisation and elementwise ops are not). The anchors policy's bank is precomputed once beforehand, as a
-    deployed model does."""
+    deployed model does. Counted on the torch path: the native search (:func:`cnn2gnn.native.nearest`) does the same
+    multiply-adds as the distance product, which the counter cannot see inside a C kernel."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad():
+    with torch.no_grad(), native.disabled():
         fn(x)
         counter = FlopCounterMode(display=False)
         with counter:

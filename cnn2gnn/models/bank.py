@@ -86,9 +86,10 @@ class AnchorBank(nn.Module):
 
     def nearest(self, queries: Tensor, k: int, bank: Tensor, bank_sq: Tensor) -> tuple[Tensor, Tensor]:
         """Squared distances and positions, each (n, min(k, m)), of the ``k`` rows of ``bank`` (the bank's
-        graph-space positions) nearest to each query: exact in training; the configured search in eval mode (built
-        once per cache)."""
-        if self.training or self.search == "torch":
+        graph-space positions) nearest to each query: exact in training (torch, the states change at every step); the
+        configured search in eval mode, built once per cache (``torch``: the native kernel where it serves the bank)."""
+        traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()  # a traced graph keeps the torch ops
+        if self.training or (traced and self.search == "torch"):
             return topk_torch(queries, bank, k, bank_sq=bank_sq)
         key = (bank.data_ptr(), tuple(bank.shape))  # the same states (a detached view shares the storage)
         if self._index is None or self._index[0] != key:

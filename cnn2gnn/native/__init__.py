@@ -12,7 +12,10 @@ Kernels (one C file each, built into one library):
   the lower column: what :func:`cnn2gnn.select.nearest_k` (the anchor search, the graph head) runs on the CPU
   (docs/anchors_cost.md measures it against ``torch.topk``);
 - :func:`adaptive_weights` (``weights.c``): the closed-form graph weights of a few candidate distances per row, what
-  :func:`cnn2gnn.graph.sparse_neighbours` computes when no gradient is needed.
+  :func:`cnn2gnn.graph.sparse_neighbours` computes when no gradient is needed;
+- :func:`pack` and :func:`nearest` (``nearest.c``): the exact search of a fixed bank, distances and selection in one
+  pass with the distances kept in cache, what :class:`cnn2gnn.search.TorchSearch` (the anchors policy in eval mode)
+  runs on CPUs with 256- or 512-bit vectors (docs/anchors_cost.md measures it against the torch path).
 
 Every function here returns ``None`` (its caller then takes the torch path) for tensors off the CPU, of another
 dtype than float32, inside ``torch.compile`` or ``torch.export``, or when the kernels are not built.
@@ -32,15 +35,16 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["adaptive_weights", "available", "cache_dir", "disabled", "library", "select_k"]
+__all__ = ["Packed", "adaptive_weights", "available", "cache_dir", "disabled", "library", "nearest", "pack", "select_k"]
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c", "weights.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c", "weights.c", "nearest.c"))
 # the first set that compiles is used; -fopenmp shares the rows among torch's threads (torch's libgomp, already
 # loaded, serves the library: one thread pool)
 FLAGS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",))
@@ -82,7 +86,8 @@ def _build() -> ctypes.CDLL | None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built apart, then moved in at once
                     out = Path(tmp) / target.name
-                    cmd = [*shlex.split(cc), *flags, "-std=c99", "-shared", "-fPIC", "-o", str(out), *map(str, SOURCES)]
+                    # gnu99: C99 with GNU vector types, and fused multiply-adds (ISO modes turn contraction off)
+                    cmd = [*shlex.split(cc), *flags, "-std=gnu99", "-shared", "-fPIC", "-o", str(out), *SOURCES]
                     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
                     os.replace(out, target)
             return _declare(ctypes.CDLL(str(target)))
@@ -98,6 +103,14 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cnn2gnn_select.restype = ctypes.c_int
     lib.cnn2gnn_adaptive_weights.argtypes = [ptr, i64, i64, i64, ctypes.c_double, ptr, ptr]
     lib.cnn2gnn_adaptive_weights.restype = None
+    lib.cnn2gnn_nearest_lanes.argtypes = []
+    lib.cnn2gnn_nearest_lanes.restype = ctypes.c_int
+    lib.cnn2gnn_nearest_padded.argtypes = [i64]
+    lib.cnn2gnn_nearest_padded.restype = i64
+    lib.cnn2gnn_nearest_pack.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr]
+    lib.cnn2gnn_nearest_pack.restype = None
+    lib.cnn2gnn_nearest.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
+    lib.cnn2gnn_nearest.restype = ctypes.c_int
     return lib
 
 
@@ -177,3 +190,62 @@ def adaptive_weights(dist: Tensor, k: int, eps: float) -> tuple[Tensor, Tensor] 
     columns = torch.empty(n, k, dtype=torch.int64)
     lib.cnn2gnn_adaptive_weights(d.data_ptr(), n, width, k, eps, weights.data_ptr(), columns.data_ptr())
     return weights, columns
+
+
+class Packed(NamedTuple):
+    """A bank laid out for :func:`nearest` by :func:`pack`: its rows in blocks of the vector width, dimension-major
+    (``data``), their squared norms (``sq``), and the bank's size ``(m, d)``."""
+
+    data: Tensor
+    sq: Tensor
+    m: int
+    d: int
+
+
+MIN_LANES = 8  # below 256-bit vectors (or without FMA) the fused search is slower than torch's matrix product
+
+
+def pack(bank: Tensor, bank_sq: Tensor) -> Packed | None:
+    r"""The bank ``(m, d)`` and its squared row norms ``(m,)`` packed for :func:`nearest`, once per bank; ``None``
+    where the kernel cannot serve it (off the CPU, not float32, traced, a build with vectors under 256 bits: the
+    caller keeps the torch path). The search has no gradient: the values are read as they are."""
+    lib = _kernels_for(bank)
+    if lib is None or lib.cnn2gnn_nearest_lanes() < MIN_LANES:
+        return None
+    m, d = bank.shape
+    if m == 0 or d == 0:
+        return None
+    bank, sq = bank.detach().contiguous(), bank_sq.detach().float().contiguous()
+    padded = lib.cnn2gnn_nearest_padded(m)
+    data, packed_sq = torch.empty(padded * d, dtype=torch.float32), torch.empty(padded, dtype=torch.float32)
+    lib.cnn2gnn_nearest_pack(bank.data_ptr(), d, sq.data_ptr(), m, d, data.data_ptr(), packed_sq.data_ptr())
+    return Packed(data, packed_sq, m, d)
+
+
+def nearest(queries: Tensor, packed: Packed, k: int) -> tuple[Tensor, Tensor] | None:
+    r"""Squared distances and positions of the ``k`` rows of a :func:`pack`-ed bank nearest to each query, nearest
+    first: :math:`d_{ij} = \max(0, \|\mathbf{a}_j\|^2 - 2\,\mathbf{q}_i^\top\mathbf{a}_j + \|\mathbf{q}_i\|^2)`
+    as :func:`cnn2gnn.graph.pairwise_sq_dists` computes it (up to the rounding of the dot products), ties to the
+    lower position, NaN last. ``None`` when the kernel cannot serve ``queries`` (the caller takes the torch path).
+    No gradient.
+
+    Shapes:
+        queries :math:`(n, d)`, :math:`1 \le k \le m` -> distances :math:`(n, k)` float32, positions
+        :math:`(n, k)` int64
+    """
+    lib = _kernels_for(queries)
+    n, d = queries.shape
+    if lib is None or d != packed.d:
+        return None
+    if not 1 <= k <= packed.m:
+        raise ValueError(f"nearest: k must be in [1, {packed.m}], got k={k}")
+    q = queries.detach()
+    if q.stride(1) != 1:
+        q = q.contiguous()
+    dist = torch.empty(n, k, dtype=torch.float32)
+    index = torch.empty(n, k, dtype=torch.int64)
+    threads = torch.get_num_threads()
+    args = (packed.data.data_ptr(), packed.sq.data_ptr(), n, packed.m, d, k, dist.data_ptr(), index.data_ptr())
+    if n and lib.cnn2gnn_nearest(q.data_ptr(), q.stride(0), *args, threads):
+        raise MemoryError(f"nearest: out of memory for a bank of {packed.m}")
+    return dist, index
