@@ -14,6 +14,7 @@ from ..config import StudentModelConfig
 from ..graph import SparseGraphLearner
 from .bank import AnchorBank
 from .embed import student_embedding
+from .fastpath import anchors_logits
 from .layers import LAYERS, Edges, SAGELayer
 
 __all__ = ["GNNStudent", "Gather", "input_features"]
@@ -144,6 +145,8 @@ class GNNStudent(nn.Module):
         tensor over all processes, carrying gradients, and says which rows are this process's. The graph is then
         built over the global batch, each process computing its own rows, so the batch graph means the same at any
         number of processes (the anchors policy needs nothing: every process holds the same bank)."""
+        if graph == "anchors" and (fast := anchors_logits(self, x)) is not None:
+            return fast  # eval mode, no gradient: the same logits with fewer Python steps (models/fastpath.py)
         x = self.in_drop(input_features(x, self.embed))
         if graph == "anchors":
             bank = self._bank_states()

@@ -1,0 +1,66 @@
+r"""The anchors policy's inference fast path (issue 15, item 4): the forward of a SAGE student over its anchor bank in
+eval mode without gradients, as a dozen tensor operations and no module calls.
+
+At batch 256 on two CPU cores the general path (models/gnn.py: the graph learner, the layers, their checks) spends
+about a tenth of its time in Python between the kernels (docs/anchors_cost.md). Like torch's own inference fast paths
+(``nn.MultiheadAttention``), this one applies only where nothing needs the general path, and returns ``None``
+otherwise: in training, with gradients, under autocast, when traced (compile, export), for the GCN rule. It computes
+
+.. math::
+    \mathbf{H} = \mathrm{ReLU}\big(\mathbf{X}\mathbf{W}_1^\top + (\mathbf{b}_1 + \mathbf{P}\mathbf{M}_1)\big), \qquad
+    \mathbf{Z} = \mathbf{H}\mathbf{W}_2^\top + (\mathbf{b}_2 + \mathbf{P}\mathbf{M}_2)
+
+with the bank's cached messages :math:`\mathbf{M}_l` and :math:`\mathbf{P}` from the same search and closed-form
+weights as the general path, so the logits are the same to float rounding (tests/test_fastpath.py checks every
+configuration). The sums in brackets enter the matrix products as their added term (one pass fewer each), and with
+``graph_space=proj`` the first layer's own term is the graph-space projection already computed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..graph import sparse_neighbours
+
+__all__ = ["anchors_logits"]
+
+
+def applies(model: nn.Module, x: Tensor) -> bool:
+    """Whether :func:`anchors_logits` serves ``model`` on ``x`` (else the general path runs)."""
+    traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    return not (
+        model.training
+        or torch.is_grad_enabled()
+        or traced
+        or model.cfg.aggregate != "sage"
+        or model.bank is None
+        or torch.is_autocast_enabled(x.device.type)
+    )
+
+
+def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
+    """Logits of a :class:`~cnn2gnn.models.gnn.GNNStudent` under the anchors policy, or ``None`` where the fast path
+    does not apply (see the module's docstring). Shapes: x (n, D) or (n, C, H, W) -> (n, num_classes)."""
+    if not applies(model, x):
+        return None
+    x = x.reshape(x.shape[0], -1)
+    if model.embed is not None:
+        x = model.embed(x)
+    bank = model._bank_states()
+    lin1, lin2 = model.conv1.lin, model.conv2.lin
+    v = model.space(x)  # proj: x W1 + b1, the first layer's own term
+    dist, positions = model.bank.nearest(v, model.graph.k + 1, bank["v"], bank["v_sq"])
+    weights, col = sparse_neighbours(dist, model.graph.k)
+    index = positions.gather(1, col)
+    n, k = index.shape
+    index, weights = index.reshape(-1), weights.reshape(-1).to(bank["msg1"].dtype)
+    offsets = torch.arange(0, n * k, k, device=index.device)
+    gathered = F.embedding_bag(index, bank["msg1"], offsets, mode="sum", per_sample_weights=weights)
+    if model.cfg.graph_space == "proj":
+        h = gathered.add_(v).relu_()
+    else:
+        h = torch.addmm(gathered.add_(lin1.bias), x, lin1.weight.t()).relu_()
+    gathered = F.embedding_bag(index, bank["msg2"], offsets, mode="sum", per_sample_weights=weights)
+    return torch.addmm(gathered.add_(lin2.bias), h, lin2.weight.t())

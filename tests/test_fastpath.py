@@ -1,0 +1,61 @@
+"""models/fastpath.py: the anchors policy's eval fast path gives the general path's logits for every configuration it
+serves, and steps aside (None) wherever the general path is needed."""
+
+import pytest
+import torch
+
+from cnn2gnn.config import StudentModelConfig
+from cnn2gnn.models import fastpath
+from cnn2gnn.models.gnn import GNNStudent
+
+SHAPE = (1, 8, 8)
+
+
+def student(m: int = 60, **kw) -> GNNStudent:
+    torch.manual_seed(0)
+    cfg = StudentModelConfig(hidden=24, graph_dim=6, k=5, dropout=0.3, **kw)
+    model = GNNStudent(64, 4, cfg, image_shape=SHAPE, bank_size=m)
+    for p in model.parameters():  # no zero-initialised neighbour weights: every term of the layers counts
+        torch.nn.init.normal_(p, std=0.3)
+    g = torch.Generator().manual_seed(1)
+    model.set_bank(torch.randn(m, *SHAPE, generator=g), torch.randint(-1, 4, (m,), generator=g), torch.arange(m))
+    return model.eval()
+
+
+def general(model: GNNStudent, x: torch.Tensor) -> torch.Tensor:
+    """The general path: with gradients enabled the fast path steps aside."""
+    with torch.enable_grad():
+        return model(x, graph="anchors").detach()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"graph_space": "proj"}, {"graph_space": "pixels"}, {"label_messages": True}, {"embed": "randconv"},
+     {"embed": "patch", "embed_filters": 8, "embed_kernel": 4}, {"input_dropout": 0.2, "graph_space": "proj"}],
+)  # fmt: skip
+@pytest.mark.parametrize("m", [60, 4])  # a bank smaller than k + 1: k clamps alike in both paths
+def test_the_fast_path_gives_the_general_logits(kw, m):
+    model = student(m, **kw)
+    x = torch.randn(37, *SHAPE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fast = fastpath.anchors_logits(model, x)
+        called = model(x, graph="anchors")
+    assert fast is not None and torch.equal(called, fast)  # the module's forward takes it in eval without gradients
+    torch.testing.assert_close(fast, general(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_fast_path_steps_aside_where_the_general_path_is_needed():
+    model = student()
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        assert fastpath.applies(model, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fastpath.applies(model, x)
+        model.train()
+        assert fastpath.anchors_logits(model, x) is None
+        gcn = GNNStudent(64, 4, StudentModelConfig(hidden=8, k=3, aggregate="gcn"), bank_size=10).eval()
+        assert fastpath.anchors_logits(gcn, x) is None
+        no_bank = GNNStudent(64, 4, StudentModelConfig(hidden=8, k=3)).eval()
+        assert fastpath.anchors_logits(no_bank, x) is None
+    model.eval()
+    assert fastpath.anchors_logits(model, x) is None  # gradients enabled
