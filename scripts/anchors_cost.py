@@ -1,14 +1,17 @@
 """What the anchors policy costs on this CPU beyond its arithmetic (issue 15, item 4).
 
-Two tables, every figure measured in this one run, models of the quick preset's shape (hidden 512, k 10, graph head 64,
-bank 1024 unless --bank) with random weights (timings do not depend on the weights):
+Three tables, every figure measured in this one run, models of the quick preset's shape (hidden 512, k 10, graph
+head 64, bank 1024 unless --bank) with random weights (timings do not depend on the weights):
 
 1. the selection of the k + 1 nearest anchors, ``torch.topk`` against :func:`cnn2gnn.select.nearest_k` in torch
    (block minima narrowing) and with the native kernel (:mod:`cnn2gnn.native`, when it could be built), on distances
    of 256 queries to banks of several sizes;
-2. images/s at batch 256 of the same-width MLP, the student under the anchors policy (with the native kernels and
-   without them), and the student with one part of its forward pass (the selection, the graph weights, the gathers)
-   replaced by a lookup of that part's own results: what each part costs where it runs, not in isolation.
+2. the whole search of 256 queries in such banks: the torch path (distance product, norms, clamp, selection; native
+   selection or not) against the fused native search (:func:`cnn2gnn.native.nearest`), what the anchors policy runs;
+3. images/s at batch 256 of the same-width MLP, the student under the anchors policy (its eval fast path,
+   models/fastpath.py; the general path; without the native kernels), and the student with one part of its forward
+   pass (the search, the graph weights, the gathers) replaced by a lookup of that part's own results: what each part
+   costs where it runs, not in isolation.
 
     python scripts/anchors_cost.py --threads 1,2 --out docs/anchors_cost.md
 """
@@ -25,16 +28,14 @@ from pathlib import Path
 
 import torch
 
-from cnn2gnn import graph as graph_module
 from cnn2gnn import native, select
 from cnn2gnn.bench.measure import flops_per_image
 from cnn2gnn.config import StudentModelConfig
-from cnn2gnn.graph import pairwise_sq_dists
-from cnn2gnn.models import bank as bank_module
-from cnn2gnn.models import layers as layers_module
+from cnn2gnn.models import fastpath
 from cnn2gnn.models.gnn import GNNStudent
 from cnn2gnn.models.mlp import MLPStudent
 from cnn2gnn.run import environment
+from cnn2gnn.search import TorchSearch, topk_torch
 
 
 def best_times(fns: dict, inputs: list, seconds: float, repeats: int) -> dict[str, float]:
@@ -86,46 +87,64 @@ def selection_table(k: int, sizes: list[int], seconds: float, repeats: int) -> l
     return rows
 
 
+def search_table(k: int, sizes: list[int], seconds: float, repeats: int) -> list[str]:
+    g = torch.Generator().manual_seed(0)
+    rows = [
+        "| bank m | torch path, torch selection (ms) | torch path, native selection (ms) | fused native search (ms) "
+        "| fused speed-up over the torch path |",
+        "|---|---|---|---|---|",
+    ]
+    for m in sizes:
+        bank = torch.randn(m, 64, generator=g)
+        queries = [torch.randn(256, 64, generator=g) for _ in range(4)]
+        fused = TorchSearch(bank)  # packs the bank once (None where the kernel cannot serve it)
+        product = lambda q, b=bank: topk_torch(q, b, k)  # noqa: E731 - distance product, norms, clamp, selection
+        fns = {"torch": torch_only(product), "select": product}
+        if fused.packed is not None:
+            fns["fused"] = lambda q, f=fused: f(q, k)
+        t = best_times(fns, queries, seconds, repeats)
+        t_fused = t.get("fused", float("nan"))
+        rows.append(
+            f"| {m:,} | {1e3 * t['torch']:.3f} | {1e3 * t['select']:.3f} | {1e3 * t_fused:.3f} | "
+            f"{t['select'] / t_fused:.2f}x |"
+        )
+    return rows
+
+
 SERVED = {
-    "selection": "its selection of the k + 1 nearest anchors (the distances still computed)",
+    "search": "its search of the k + 1 nearest anchors (distances and selection)",
     "weights": "its graph weights over those candidates",
     "gathers": "its two gathers of the anchors' messages",
 }
 
 
-def distances_only(queries, bank_v, k, *, bank_sq=None):
-    pairwise_sq_dists(queries, bank_v, y_sq=bank_sq)
-
-
-def serving(forward, inputs: list, module, name: str, also=None):
-    """``forward`` with ``module.name`` replaced by a lookup of what it returned on ``inputs`` (recorded once, served
-    in the same order), so that a timing leaves out that one part; ``also(*args, **kw)`` still runs in its place."""
-    real, found = getattr(module, name), []
+def serving(forward, inputs: list, owner, name: str):
+    """``forward`` with ``owner.name`` (a module's function or a class's method) replaced by a lookup of what it
+    returned on ``inputs`` (recorded once, served in the same order), so that a timing leaves out that one part."""
+    real, found = getattr(owner, name), []
 
     def record(*args, **kw):
         found.append(real(*args, **kw))
         return found[-1]
 
-    setattr(module, name, record)
+    setattr(owner, name, record)
     try:
         with torch.inference_mode():
             for x in inputs:
                 forward(x)
     finally:
-        setattr(module, name, real)
+        setattr(owner, name, real)
     results = itertools.cycle(found)
 
     def lookup(*args, **kw):
-        if also is not None:
-            also(*args, **kw)
         return next(results)
 
     def call(x):
-        setattr(module, name, lookup)
+        setattr(owner, name, lookup)
         try:
             return forward(x)
         finally:
-            setattr(module, name, real)
+            setattr(owner, name, real)
 
     return call
 
@@ -145,11 +164,16 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
     with torch.inference_mode():
         anchors(images[0])  # the bank's states and its own graph, cached once before recording
     served = {
-        "selection": serving(anchors, images, bank_module, "topk_torch", also=distances_only),
-        "weights": serving(anchors, images, graph_module, "sparse_neighbours"),
-        "gathers": serving(anchors, images, layers_module, "gather"),
+        "search": serving(anchors, images, TorchSearch, "__call__"),
+        "weights": serving(anchors, images, fastpath, "sparse_neighbours"),
+        "gathers": serving(anchors, images, fastpath, "gather_sum"),
     }
-    fns = {"mlp": mlp, "anchors": anchors, "torch": torch_only(anchors), **served}
+
+    def general(x):
+        with fastpath.disabled():
+            return anchors(x)
+
+    fns = {"mlp": mlp, "anchors": anchors, "general": general, "torch": torch_only(anchors), **served}
     t = best_times(fns, images, seconds, repeats)
     f_mlp, f_student = flops_per_image(mlp, images[0]), flops_per_image(anchors, images[0])
     ips = {name: 256 / seconds_per_call for name, seconds_per_call in t.items()}
@@ -159,8 +183,10 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
         f"| same-width MLP | {ips['mlp'] / 1e3:.1f}k | 100% | {f_mlp / 1e6:.2f}M | 100% |",
         f"| student, anchors policy | {ips['anchors'] / 1e3:.1f}k | {ips['anchors'] / ips['mlp']:.0%} | "
         f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
-        f"| student, anchors policy, native kernel off | {ips['torch'] / 1e3:.1f}k | {ips['torch'] / ips['mlp']:.0%} | "
-        f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
+        f"| student, anchors policy, general path (no fast path) | {ips['general'] / 1e3:.1f}k | "
+        f"{ips['general'] / ips['mlp']:.0%} | {f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
+        f"| student, anchors policy, native kernels off | {ips['torch'] / 1e3:.1f}k | "
+        f"{ips['torch'] / ips['mlp']:.0%} | {f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
         *(
             f"| student, anchors policy, {part} served | {ips[key] / 1e3:.1f}k | {ips[key] / ips['mlp']:.0%} | "
             f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |"
@@ -190,6 +216,9 @@ def main() -> None:
         f"- selection: `nearest_k` runs the native kernel (built here: {native.available()}); without it, it narrows "
         f"rows of at least {select.WIDE_ONE_THREAD:,} entries on one thread and {select.WIDE:,} on more, from "
         f"{select.ROWS} rows, and is otherwise one `topk`",
+        f"- search: the fused native search serves CPUs with {native.MIN_LANES}-lane float vectors or wider (here: "
+        f"{native.library().cnn2gnn_nearest_lanes() if native.available() else 0} lanes); the anchors forward runs "
+        "the eval fast path (models/fastpath.py) unless said otherwise",
         "- every figure: the best of --repeats interleaved timings (each function timed once a round, in turn)",
     ]
     for threads in (int(t) for t in args.threads.split(",")):
@@ -199,6 +228,10 @@ def main() -> None:
             f"## {threads} torch thread{'s' if threads > 1 else ''}: selecting the 11 nearest of 256 queries",
             "",
             *selection_table(11, sizes, args.seconds, args.repeats),
+            "",
+            f"## {threads} torch thread{'s' if threads > 1 else ''}: searching 256 queries (64-d) for their 11 nearest",
+            "",
+            *search_table(11, sizes, args.seconds, args.repeats),
             "",
             f"## {threads} torch thread{'s' if threads > 1 else ''}: the anchors forward pass against the MLP "
             f"(bank {args.bank})",

@@ -59,3 +59,7 @@ def test_the_fast_path_steps_aside_where_the_general_path_is_needed():
         assert fastpath.anchors_logits(no_bank, x) is None
     model.eval()
     assert fastpath.anchors_logits(model, x) is None  # gradients enabled
+    with torch.no_grad(), fastpath.disabled():
+        assert fastpath.anchors_logits(model, x) is None
+    with torch.no_grad():
+        assert fastpath.applies(model, x)  # back on after the block

@@ -18,19 +18,39 @@ configuration). The sums in brackets enter the matrix products as their added te
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import sparse_neighbours
 
-__all__ = ["anchors_logits"]
+__all__ = ["anchors_logits", "applies", "disabled", "gather_sum"]
+
+_state = {"on": True}
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block the general path serves every call (to compare the two, as scripts/anchors_cost.py does)."""
+    saved, _state["on"] = _state["on"], False
+    try:
+        yield
+    finally:
+        _state["on"] = saved
+
+
+def gather_sum(index: Tensor, messages: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
+    r"""Row ``i`` of the result: :math:`\sum_l w_{il}\, \mathbf{m}_{j_{il}}` over the flat ``index``/``weights`` of
+    bag ``i`` (``offsets``: where each bag starts), one ``embedding_bag``."""
+    return F.embedding_bag(index, messages, offsets, mode="sum", per_sample_weights=weights)
 
 
 def applies(model: nn.Module, x: Tensor) -> bool:
     """Whether :func:`anchors_logits` serves ``model`` on ``x`` (else the general path runs)."""
     traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    return not (
+    return _state["on"] and not (
         model.training
         or torch.is_grad_enabled()
         or traced
@@ -57,10 +77,10 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     n, k = index.shape
     index, weights = index.reshape(-1), weights.reshape(-1).to(bank["msg1"].dtype)
     offsets = torch.arange(0, n * k, k, device=index.device)
-    gathered = F.embedding_bag(index, bank["msg1"], offsets, mode="sum", per_sample_weights=weights)
+    gathered = gather_sum(index, bank["msg1"], offsets, weights)
     if model.cfg.graph_space == "proj":
         h = gathered.add_(v).relu_()
     else:
         h = torch.addmm(gathered.add_(lin1.bias), x, lin1.weight.t()).relu_()
-    gathered = F.embedding_bag(index, bank["msg2"], offsets, mode="sum", per_sample_weights=weights)
+    gathered = gather_sum(index, bank["msg2"], offsets, weights)
     return torch.addmm(gathered.add_(lin2.bias), h, lin2.weight.t())
