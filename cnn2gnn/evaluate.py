@@ -93,12 +93,15 @@ def images_per_second_together(
     examples: Sequence[torch.Tensor],
     batch_size: int,
     min_seconds: float = 1.0,
-    max_iters: int = 200,
+    max_iters: int | None = 200,
     repeats: int = 3,
 ) -> list[float]:
     """:func:`images_per_second` of each of ``fns`` (on its own ``examples[i]``), timed interleaved: each of the
     ``repeats`` rounds times every function once, in turn, so that the ratios between them compare the same moments
-    of a machine whose speed drifts (the 2-core VM of docs/ moves by up to 2x between minutes)."""
+    of a machine whose speed drifts (the 2-core VM of docs/ moves by up to 2x between minutes). ``max_iters=None``:
+    no cap on the calls, every function is timed for ``min_seconds / repeats`` a round (at least 3 calls), so that a
+    fast one's best is not taken over fewer seconds (a noisier, hence higher, maximum) than a slow one's."""
+    cap = float("inf") if max_iters is None else max_iters // repeats
     batches = []
     for fn, example in zip(fns, examples, strict=True):
         reps = -(-batch_size // len(example))
@@ -109,7 +112,7 @@ def images_per_second_together(
     for _ in range(repeats):
         for i, (fn, x) in enumerate(zip(fns, batches, strict=True)):
             iters, start = 0, time.perf_counter()
-            while iters < max_iters // repeats and (iters < 3 or time.perf_counter() - start < min_seconds / repeats):
+            while iters < cap and (iters < 3 or time.perf_counter() - start < min_seconds / repeats):
                 fn(x)
                 iters += 1
             best[i] = max(best[i], iters * batch_size / (time.perf_counter() - start))

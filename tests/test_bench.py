@@ -372,3 +372,26 @@ def test_speeds_are_timed_together_in_interleaved_rounds():
     assert {n for _, n in calls} == {5}  # batches of the asked size, drawn from the example
     runs = [tag for i, (tag, _) in enumerate(calls) if i == 0 or calls[i - 1][0] != tag]
     assert runs == ["a", "b"] + ["a", "b"] * 3  # the warm-ups, then each round times every model in turn
+
+
+def test_without_a_cap_every_model_is_timed_for_the_same_seconds(monkeypatch):
+    import cnn2gnn.evaluate as evaluate
+
+    clock, calls = [0.0], []
+
+    def model(tag, cost):
+        def fn(x):
+            clock[0] += cost  # a fake clock: model "a" takes 1 s a call, "b" 10 s
+            calls.append(tag)
+            return x
+
+        return fn
+
+    monkeypatch.setattr(evaluate.time, "perf_counter", lambda: clock[0])
+    fns, examples = [model("a", 1.0), model("b", 10.0)], [torch.zeros(2, 3)] * 2
+    capped = evaluate.images_per_second_together(fns, examples, 2, min_seconds=90.0, repeats=3, max_iters=30)
+    assert calls.count("a") == 1 + 3 * 10 and calls.count("b") == 1 + 3 * 3  # "a" stopped by the cap after 10 s
+    calls.clear()
+    equal = evaluate.images_per_second_together(fns, examples, 2, min_seconds=90.0, repeats=3, max_iters=None)
+    assert calls.count("a") == 1 + 3 * 30 and calls.count("b") == 1 + 3 * 3  # 30 s a round for both
+    assert capped == equal == [2.0, 0.2]  # images/s alike here: the fake calls cost the same every time

@@ -20,7 +20,7 @@ from ..data import resolve_root
 from ..errors import UserError
 from ..run import build_data, data_summary, resolve_device
 from .figures import figures
-from .measure import evaluate_run, learned_graph, measure_speeds, sensitivity
+from .measure import SPEED_ROUNDS, evaluate_run, learned_graph, measure_speeds, sensitivity
 from .plan import METHOD, override_value, plan_rows
 from .presets import Preset, load_preset
 from .provenance import load_average, machine
@@ -125,6 +125,7 @@ def _bench(
         "device": str(dev),
         "preset": preset_name,
         "preset_config": asdict(preset),
+        "speed_rounds": SPEED_ROUNDS,
         "data": {
             **data_summary(bundle),
             "root": str(

@@ -64,7 +64,7 @@ class Preset:
     test_k: tuple[int, ...] = (1, 5, 10, 20, 40)  # k at test time of the trained CNN2GNN (evaluation only)
     shuffles: int = 3  # seeded shuffles of the test set per student (a teacher is order-independent: one pass)
     eval_batch_size: int = 256  # test batch size of the accuracy table
-    speed_seconds: float = 1.0  # minimum timing of each images/s measurement
+    speed_seconds: float = 2.0  # seconds each row's images/s is timed, per batch size, over the interleaved rounds
     neighbours: int = 8  # test images in the nearest-anchors picture
     students: tuple[str, ...] = ()  # the baseline rows to train (names of cnn2gnn.bench.plan.STUDENTS); () = all
 

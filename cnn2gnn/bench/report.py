@@ -10,6 +10,14 @@ from ..config import migrate
 from .plan import METHOD
 
 
+def speed_timing(results: dict) -> str:
+    """How the images/s were timed; results written before the rounds of equal time have no ``speed_rounds``."""
+    rounds = results.get("speed_rounds")
+    if rounds is None:
+        return "5 interleaved rounds of at most 40 calls"
+    return f"{rounds} interleaved rounds of equal time ({results['preset_config']['speed_seconds']:g} s a row in all)"
+
+
 def _pct(s: dict | None, digits: int = 2) -> str:
     if not s or s["n"] == 0 or s["mean"] != s["mean"]:
         return "-"
@@ -160,7 +168,7 @@ def report(results: dict) -> str:
         "batch 512), measured once on the test split after training. FLOPs per image from `torch.utils.flop_counter` "
         "on a batch of 256 (graph distances and propagation included). images/s on this machine at batch 1 and 256, "
         "graph included (the anchors policy's bank precomputed once), of each row's first seed, every row timed "
-        "together: 5 interleaved rounds, the best of each kept, so that the ratios between rows compare the same "
+        f"together: {speed_timing(results)}, the best of each kept, so that the ratios between rows compare the same "
         "moments.",
         "",
         "| model | graph at test | n | test acc (saved model) | saved epoch | best-val epoch | val acc, best "

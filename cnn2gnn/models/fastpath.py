@@ -12,8 +12,9 @@ otherwise: in training, with gradients, under autocast, when traced (compile, ex
 
 with the bank's cached messages :math:`\mathbf{M}_l` and :math:`\mathbf{P}` from the same search and closed-form
 weights as the general path, so the logits are the same to float rounding (tests/test_fastpath.py checks every
-configuration). The sums in brackets enter the matrix products as their added term (one pass fewer each), and with
-``graph_space=proj`` the first layer's own term is the graph-space projection already computed.
+configuration). Both layers' neighbour sums come from one gather over the two message tables side by side (cached
+with the bank's states), the sums in brackets enter the matrix products as their added term (one pass fewer each),
+and with ``graph_space=proj`` the first layer's own term is the graph-space projection already computed.
 """
 
 from __future__ import annotations
@@ -75,12 +76,15 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     weights, col = sparse_neighbours(dist, model.graph.k)
     index = positions.gather(1, col)
     n, k = index.shape
-    index, weights = index.reshape(-1), weights.reshape(-1).to(bank["msg1"].dtype)
+    if "msg12" not in bank:  # both layers' messages side by side: one gather brings each anchor's row once
+        bank["msg12"] = torch.cat((bank["msg1"], bank["msg2"]), dim=1)
+    both = bank["msg12"]
+    index, weights = index.reshape(-1), weights.reshape(-1).to(both.dtype)
     offsets = torch.arange(0, n * k, k, device=index.device)
-    gathered = gather_sum(index, bank["msg1"], offsets, weights)
+    gathered = gather_sum(index, both, offsets, weights)  # (n, hidden + classes)
+    hidden = lin1.weight.shape[0]
     if model.cfg.graph_space == "proj":
-        h = gathered.add_(v).relu_()
+        h = gathered[:, :hidden].add_(v).relu_()
     else:
-        h = torch.addmm(gathered.add_(lin1.bias), x, lin1.weight.t()).relu_()
-    gathered = gather_sum(index, bank["msg2"], offsets, weights)
-    return torch.addmm(gathered.add_(lin2.bias), h, lin2.weight.t())
+        h = torch.addmm(gathered[:, :hidden].add_(lin1.bias), x, lin1.weight.t()).relu_()
+    return torch.addmm(gathered[:, hidden:].add_(lin2.bias), h, lin2.weight.t())
