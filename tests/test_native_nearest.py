@@ -30,7 +30,8 @@ def reference(queries, bank, k):
 @pytest.mark.parametrize(
     "n, m, d, k",
     [(1, 1, 1, 1), (3, 2, 4, 2), (4, 31, 3, 5), (5, 32, 64, 11), (17, 33, 7, 16), (256, 1024, 64, 11),
-     (9, 100, 784, 17), (6, 3000, 64, 40), (2, 70, 5, 70), (50, 257, 64, 130)],
+     (9, 100, 784, 17), (6, 3000, 64, 40), (2, 70, 5, 70), (50, 257, 64, 130), (300, 5000, 64, 11),
+     (70, 3000, 784, 11)],
 )  # fmt: skip
 def test_nearest_finds_the_exact_k_nearest_in_order(n, m, d, k):
     g = torch.Generator().manual_seed(n * 1000 + m + d)
@@ -38,7 +39,8 @@ def test_nearest_finds_the_exact_k_nearest_in_order(n, m, d, k):
     dist, index = search(queries, bank, k)
     ref_dist, ref_index = reference(queries, bank, k)
     assert dist.shape == index.shape == (n, k) and dist.dtype == torch.float32 and index.dtype == torch.int64
-    assert torch.equal(index, ref_index)  # random data: no two distances within rounding of each other
+    assert torch.equal(index, ref_index)  # random data: no two distances within rounding of each other (several
+    # of these banks are read in chunks, and several of these batches in groups of tiles: the bounds carry over)
     torch.testing.assert_close(dist, ref_dist, rtol=1e-4, atol=1e-4)
     torch_dist, torch_index = topk_torch(queries, bank, k)  # the torch path: the same neighbours, the same distances
     assert torch.equal(index, torch_index)

@@ -45,6 +45,7 @@ __all__ = ["Packed", "adaptive_weights", "available", "cache_dir", "disabled", "
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c", "weights.c", "nearest.c"))
+HEADERS = (Path(__file__).with_name("keep.h"),)  # included by the sources: part of what a build depends on
 # the first set that compiles is used; -fopenmp shares the rows among torch's threads (torch's libgomp, already
 # loaded, serves the library: one thread pool)
 FLAGS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",))
@@ -77,7 +78,7 @@ def _build() -> ctypes.CDLL | None:
     if not cc:
         log.info("cnn2gnn.native: no C compiler found; using the torch path")
         return None
-    source = b"\0".join(path.read_bytes() for path in SOURCES)
+    source = b"\0".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     for flags in FLAGS:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(), _cpu().encode()])).hexdigest()
         target = cache_dir() / "native" / f"kernels-{key[:16]}.so"

@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "keep.h"
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -35,6 +37,8 @@
 #endif
 #define R 4 /* queries computed together */
 #define MOST_GROUPS (8 * L)
+#define CHUNK 65536 /* floats of the packed bank read at a time (256 KiB) */
+#define GROUP 16   /* tiles that share each chunk */
 
 typedef float vf __attribute__((vector_size(L * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(L * sizeof(int32_t))));
@@ -51,19 +55,6 @@ static inline vi load_i(const int32_t *p) {
 }
 static inline vf splat(float s) { return s - (vf){0}; } /* s - (+0) is s for every float: folded to a broadcast */
 static inline vi splat_i(int32_t s) { return (vi){0} + s; }
-
-/* insert (key, j) into the ascending list keys/idx of *len (at most k) entries, ordered by key then column */
-static inline void keep(int32_t *keys, int64_t *idx, int64_t k, int64_t *len, int32_t key, int64_t j) {
-    if (*len == k && (key > keys[k - 1] || (key == keys[k - 1] && j > idx[k - 1]))) return;
-    int64_t p = *len < k ? (*len)++ : k - 1;
-    while (p > 0 && (keys[p - 1] > key || (keys[p - 1] == key && idx[p - 1] > j))) {
-        keys[p] = keys[p - 1];
-        idx[p] = idx[p - 1];
-        p--;
-    }
-    keys[p] = key;
-    idx[p] = j;
-}
 
 /* the vector width this build computes with (the caller uses the kernel only where it pays: 8 or more) */
 int cnn2gnn_nearest_lanes(void) { return L; }
@@ -124,18 +115,21 @@ static void distances(const float *const *q, const float *qsq, const float *pack
     }
 }
 
-/* the k smallest keys of row (m real entries of mp) in ascending order, ties to the lower column; ck/ci: room for mp */
-static void select_row(const int32_t *row, int64_t m, int64_t mp, int64_t k, int32_t *keys, int64_t *idx,
-                       int32_t *ck, int64_t *ci) {
-    int64_t groups = (k + L - 1) / L * L, len = 0, c = 0;
-    int32_t tau = INT32_MAX;
-    if (groups <= MOST_GROUPS && mp >= 2 * groups) { /* entries past the last whole stride belong to no group */
+/* merge the entries of one chunk of a row's keys (width entries, the bank's columns base..base + width - 1, of which
+ * those >= m are padding) into the row's running list keys/idx of *len (at most k): only the entries <= tau are
+ * offered, tau being the list's k-th key once it is full and the chunk's own bound (the k-th smallest of its group
+ * minima: the chunk holds k entries <= it, so a larger entry is not among the k nearest); tk/ti: room for k */
+static void select_chunk(const int32_t *row, int64_t base, int64_t m, int64_t width, int64_t k, int32_t *keys,
+                         int64_t *idx, int64_t *len, int32_t *tk, int64_t *ti) {
+    int64_t groups = (k + L - 1) / L * L;
+    int32_t tau = *len == k ? keys[k - 1] : INT32_MAX;
+    if (groups <= MOST_GROUPS && width >= 2 * groups) { /* entries past the last whole stride belong to no group */
         vi mins[MOST_GROUPS / L];
-        int64_t vecs = groups / L;
+        int64_t vecs = groups / L, found = 0;
         for (int64_t v = 0; v < vecs; v++) mins[v] = load_i(row + v * L);
         if (vecs == 1) { /* k <= L, the usual case: one vector of minima, from two independent running ones */
             vi lo = mins[0], hi = load_i(row + L);
-            for (int64_t j = 2 * L; j < mp; j += 2 * L) { /* mp is a whole number of pairs of vectors */
+            for (int64_t j = 2 * L; j < width; j += 2 * L) { /* width is a whole number of pairs of vectors */
                 vi x = load_i(row + j), y = load_i(row + j + L), lx = x < lo, ly = y < hi;
                 lo = (x & lx) | (lo & ~lx);
                 hi = (y & ly) | (hi & ~ly);
@@ -143,47 +137,38 @@ static void select_row(const int32_t *row, int64_t m, int64_t mp, int64_t k, int
             vi lt = hi < lo;
             mins[0] = (hi & lt) | (lo & ~lt);
         } else
-            for (int64_t j = groups; j + groups <= mp; j += groups)
+            for (int64_t j = groups; j + groups <= width; j += groups)
                 for (int64_t v = 0; v < vecs; v++) {
                     vi x = load_i(row + j + v * L), lt = x < mins[v];
                     mins[v] = (x & lt) | (mins[v] & ~lt);
                 }
         for (int64_t v = 0; v < vecs; v++)
-            for (int l = 0; l < L; l++) keep(keys, idx, k, &len, mins[v][l], v * L + l);
-        tau = keys[k - 1]; /* the padded columns' keys are INT32_MAX: a group minimum is a real entry or the max */
+            for (int l = 0; l < L; l++) keep(tk, ti, k, &found, mins[v][l], v * L + l);
+        if (tk[k - 1] < tau) tau = tk[k - 1]; /* padding's keys are INT32_MAX: a minimum is a real entry or the max */
     }
 #if defined(__AVX512F__)
     __m512i t = _mm512_set1_epi32(tau);
-    for (int64_t j = 0; j < mp; j += L) {
+    for (int64_t j = 0; j < width; j += L) {
         __mmask16 bits = _mm512_cmple_epi32_mask(_mm512_loadu_si512((const void *)(row + j)), t);
         for (; bits; bits &= bits - 1) {
             int64_t at = j + __builtin_ctz(bits);
-            ck[c] = row[at];
-            ci[c] = at;
-            c += at < m;
+            if (base + at < m) keep(keys, idx, k, len, row[at], base + at);
         }
     }
 #elif defined(__AVX2__)
     __m256i t = _mm256_set1_epi32(tau);
-    for (int64_t j = 0; j < mp; j += 8) { /* row <= tau: not (row > tau) */
+    for (int64_t j = 0; j < width; j += 8) { /* row <= tau: not (row > tau) */
         __m256i gt = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(row + j)), t);
         unsigned bits = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(gt)) & 0xffu;
         for (; bits; bits &= bits - 1) {
             int64_t at = j + __builtin_ctz(bits);
-            ck[c] = row[at];
-            ci[c] = at;
-            c += at < m;
+            if (base + at < m) keep(keys, idx, k, len, row[at], base + at);
         }
     }
 #else
-    for (int64_t j = 0; j < m; j++) {
-        ck[c] = row[j];
-        ci[c] = j;
-        c += row[j] <= tau;
-    }
+    for (int64_t j = 0; j < width && base + j < m; j++)
+        if (row[j] <= tau) keep(keys, idx, k, len, row[j], base + j);
 #endif
-    len = 0;
-    for (int64_t l = 0; l < c; l++) keep(keys, idx, k, &len, ck[l], ci[l]);
 }
 
 /* q: (n, d), row stride ldq; packed, psq: from cnn2gnn_nearest_pack over m anchors; 1 <= k <= m.
@@ -196,39 +181,60 @@ int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const floa
 #ifndef _OPENMP
     threads = 1;
 #endif
-    size_t each = (size_t)(R * mp + mp + k) * sizeof(int32_t) + (size_t)(mp + k) * sizeof(int64_t);
+    /* the bank is read in chunks of about CHUNK floats (they stay in L2) by a group of up to GROUP tiles in turn, so a
+     * large bank is streamed from memory once per group rather than once per tile */
+    int64_t chunk = CHUNK / (d * 2 * L) * 2 * L;
+    chunk = chunk < 2 * L ? 2 * L : chunk > mp ? mp : chunk;
+    int64_t per = (tiles + threads - 1) / threads, group = per < GROUP ? per : GROUP, groups = (tiles + group - 1) / group;
+    int64_t rows = group * R;
+    size_t each = (size_t)(R * chunk + rows * k + k) * sizeof(int32_t) + (size_t)(rows * k + k + rows) * sizeof(int64_t) +
+                  (size_t)rows * sizeof(float);
+    each = (each + 63) / 64 * 64; /* each thread's scratch starts on a cache line */
     char *mem = malloc(each * (size_t)threads);
     if (!mem) return 1;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
-    for (int64_t tile = 0; tile < tiles; tile++) {
+    for (int64_t g = 0; g < groups; g++) {
 #ifdef _OPENMP
         char *mine = mem + each * (size_t)omp_get_thread_num();
 #else
         char *mine = mem;
 #endif
-        int64_t *idx = (int64_t *)mine, *ci = idx + k;
-        int32_t *buf = (int32_t *)(ci + mp), *ck = buf + R * mp, *keys = ck + mp;
-        const float *rows[R];
-        float qsq[R];
-        int64_t i0 = tile * R;
-        for (int r = 0; r < R; r++) { /* a last tile of fewer queries repeats its last one */
-            rows[r] = q + (i0 + r < n ? i0 + r : n - 1) * ldq;
-            float s = 0.0f;
-            for (int64_t e = 0; e < d; e++) s += rows[r][e] * rows[r][e];
-            qsq[r] = s;
+        int64_t *idx = (int64_t *)mine, *ti = idx + rows * k, *len = ti + k;
+        float *qsq = (float *)(len + rows);
+        int32_t *keys = (int32_t *)(qsq + rows), *tk = keys + rows * k, *buf = tk + k;
+        int64_t first = g * group * R, count = (g + 1) * group * R < n ? group * R : n - first;
+        for (int64_t r = 0; r < count; r++) {
+            const float *row = q + (first + r) * ldq;
+            float sum = 0.0f;
+            for (int64_t e = 0; e < d; e++) sum += row[e] * row[e];
+            qsq[r] = sum;
+            len[r] = 0;
         }
-        distances(rows, qsq, packed, psq, mp, d, buf);
-        for (int r = 0; r < R && i0 + r < n; r++) {
-            select_row(buf + r * mp, m, mp, k, keys, idx, ck, ci);
-            for (int64_t l = 0; l < k; l++) {
-                float v;
-                memcpy(&v, &keys[l], sizeof v); /* a key is the distance's bits (NaN: 0x7fffffff, a NaN) */
-                out_d[(i0 + r) * k + l] = v;
-                out_i[(i0 + r) * k + l] = idx[l];
+        for (int64_t base = 0; base < mp; base += chunk) {
+            int64_t width = mp - base < chunk ? mp - base : chunk;
+            for (int64_t t = 0; t < count; t += R) {
+                const float *tile[R];
+                float tile_sq[R];
+                for (int r = 0; r < R; r++) { /* a last tile of fewer queries repeats its last one */
+                    int64_t at = t + r < count ? t + r : count - 1;
+                    tile[r] = q + (first + at) * ldq;
+                    tile_sq[r] = qsq[at];
+                }
+                distances(tile, tile_sq, packed + base * d, psq + base, width, d, buf);
+                for (int r = 0; r < R && t + r < count; r++)
+                    select_chunk(buf + r * width, base, m, width, k, keys + (t + r) * k, idx + (t + r) * k,
+                                 &len[t + r], tk, ti);
             }
         }
+        for (int64_t r = 0; r < count; r++)
+            for (int64_t l = 0; l < k; l++) {
+                float v;
+                memcpy(&v, &keys[r * k + l], sizeof v); /* a key is the distance's bits (NaN: 0x7fffffff, a NaN) */
+                out_d[(first + r) * k + l] = v;
+                out_i[(first + r) * k + l] = idx[r * k + l];
+            }
     }
     free(mem);
     return 0;

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "keep.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -25,19 +27,6 @@ static inline int32_t key_of(float v) {
     int32_t magnitude = b & 0x7fffffff;
     int32_t key = magnitude == 0 ? 0 : b ^ ((b >> 31) & 0x7fffffff);
     return magnitude > 0x7f800000 ? INT32_MAX : key;
-}
-
-/* insert (key, j) into the ascending list keys/idx of *len (at most k) entries, ordered by key then column */
-static inline void keep(int32_t *keys, int64_t *idx, int64_t k, int64_t *len, int32_t key, int64_t j) {
-    if (*len == k && (key > keys[k - 1] || (key == keys[k - 1] && j > idx[k - 1]))) return;
-    int64_t p = *len < k ? (*len)++ : k - 1;
-    while (p > 0 && (keys[p - 1] > key || (keys[p - 1] == key && idx[p - 1] > j))) {
-        keys[p] = keys[p - 1];
-        idx[p] = idx[p - 1];
-        p--;
-    }
-    keys[p] = key;
-    idx[p] = j;
 }
 
 typedef struct {
