@@ -61,8 +61,8 @@ def topk_torch(
 
 class TorchSearch:
     """Exact search of a fixed bank (the default search of the anchors policy in eval mode): the native kernel
-    :func:`cnn2gnn.native.nearest` where it can serve the bank (a float32 CPU bank without gradient, a build with
-    256-bit vectors or wider: distances and selection in one pass, the bank packed once here), else
+    :func:`cnn2gnn.native.nearest` where it can serve the bank (a float32 CPU bank, a build with 256-bit vectors or
+    wider: distances and selection in one pass, the bank packed once here; no gradient), else
     :func:`topk_torch` on the bank's device. Both are exact; their distances differ only in the rounding of the dot
     products. The bank is read at construction: build a new search after changing it."""
 
