@@ -19,6 +19,12 @@ from torch import Tensor, nn
 EMBEDS = ("none", "randconv", "patch")
 
 
+def input_features(x: Tensor, embed: nn.Module | None) -> Tensor:
+    """The rows the learned layers see: the flattened images, or their embedding."""
+    x = x.reshape(x.shape[0], -1)
+    return x if embed is None else embed(x)
+
+
 class RandomConvEmbedding(nn.Module):
     r"""Random convolution features: a bank of fixed Gaussian filters, ReLU, average pooling, flattened.
 

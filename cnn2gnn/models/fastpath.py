@@ -1,9 +1,9 @@
 r"""The anchors policy's inference fast path (issue 15, item 4): the forward of a SAGE student over its anchor bank in
 eval mode without gradients, as a dozen tensor operations and no module calls.
 
-At batch 256 on two CPU cores the general path (models/gnn.py: the graph learner, the layers, their checks) spends
-about a tenth of its time in Python between the kernels (docs/anchors_cost.md). Like torch's own inference fast paths
-(``nn.MultiheadAttention``), this one applies only where nothing needs the general path, and returns ``None``
+The general path (models/gnn.py: the graph learner, the layers, their checks) spends part of its time in Python
+between the kernels; scripts/anchors_cost.py times both paths (docs/anchors_cost.md). Like torch's own inference fast
+paths (``nn.MultiheadAttention``), this one applies only where nothing needs the general path, and returns ``None``
 otherwise: in training, with gradients, under autocast, when traced (compile, export), for the GCN rule. It computes
 
 .. math::
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import sparse_neighbours
+from .embed import input_features
 
 __all__ = ["anchors_logits", "applies", "disabled", "gather_sum"]
 
@@ -66,9 +67,7 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     does not apply (see the module's docstring). Shapes: x (n, D) or (n, C, H, W) -> (n, num_classes)."""
     if not applies(model, x):
         return None
-    x = x.reshape(x.shape[0], -1)
-    if model.embed is not None:
-        x = model.embed(x)
+    x = input_features(x, model.embed)  # the input dropout is the identity in eval mode
     bank = model._bank_states()
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     v = model.space(x)  # proj: x W1 + b1, the first layer's own term

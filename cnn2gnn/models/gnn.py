@@ -13,19 +13,13 @@ from torch import Tensor, nn
 from ..config import StudentModelConfig
 from ..graph import SparseGraphLearner
 from .bank import AnchorBank
-from .embed import student_embedding
+from .embed import input_features, student_embedding
 from .fastpath import anchors_logits
 from .layers import LAYERS, Edges, SAGELayer
 
 __all__ = ["GNNStudent", "Gather", "input_features"]
 
 Gather = Callable[[Tensor], tuple[Tensor, slice]]  # per-process rows -> (all processes' rows, this process's slice)
-
-
-def input_features(x: Tensor, embed: nn.Module | None) -> Tensor:
-    """The rows the learned layers see: the flattened images, or their embedding."""
-    x = x.reshape(x.shape[0], -1)
-    return x if embed is None else embed(x)
 
 
 class GNNStudent(nn.Module):

@@ -45,7 +45,7 @@ __all__ = ["Packed", "adaptive_weights", "available", "cache_dir", "disabled", "
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c", "weights.c", "nearest.c"))
-HEADERS = (Path(__file__).with_name("keep.h"),)  # included by the sources: part of what a build depends on
+HEADERS = (Path(__file__).with_name("common.h"),)  # included by the sources: part of what a build depends on
 # the first set that compiles is used; -fopenmp shares the rows among torch's threads (torch's libgomp, already
 # loaded, serves the library: one thread pool)
 FLAGS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",))

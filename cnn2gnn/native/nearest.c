@@ -4,15 +4,17 @@
  * The torch path computes the (n, m) distances with one matrix product, adds the query norms, clamps at zero and
  * selects from the result: four passes over an (n, m) matrix. Here the distances of R queries to 2 L anchors at a
  * time stay in vector registers (L lanes: 16 with AVX-512, 8 with AVX, 4 otherwise), written once as int32 keys to a
- * per-thread row buffer that stays in cache, and the k smallest are selected from it while it is hot:
+ * per-thread buffer that stays in cache, and merged while it is hot into each query's running list of its k nearest:
  *
  *     d_ij = max(0, (|a_j|^2 - 2 q_i . a_j) + |q_i|^2)          (as cnn2gnn.graph.pairwise_sq_dists computes it)
  *
- *   1. the minimum of each of G groups of the row (group g: the columns = g mod G, G a multiple of L, G >= k);
- *   2. tau, the k-th smallest of the G minima: k entries are <= tau, so the k-th smallest entry is <= tau;
- *   3. the entries <= tau (a few more than k), kept in order.
+ *   1. the minimum of each of G groups of the chunk (group g: the columns = g mod G, G a multiple of L, G >= k);
+ *   2. tau, the k-th smallest of the G minima (k entries are <= it), or the list's k-th key if that is smaller;
+ *   3. the entries <= tau (a few more than k at first, fewer later), merged into the list in order.
  * The bank is packed once (cnn2gnn_nearest_pack) into blocks of L anchors, dimension-major, so that each step of the
- * product is one vector load and one fused multiply-add per query. Keys order as the distances do (NaN last, as
+ * product is one vector load per L anchors and one fused multiply-add per query; it is read in chunks of CHUNK
+ * floats, each used by a group of up to GROUP tiles of R queries before the next, so a bank larger than the cache is
+ * streamed once per group rather than once per tile. Keys order as the distances do (NaN last, as
  * torch.topk sorts it); ties go to the lower column: the result is the exact k-NN of these distances, which differ
  * from the torch path's only in the rounding of the dot products. Rows are shared among OpenMP threads.
  */
@@ -20,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keep.h"
+#include "common.h"
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -185,10 +187,11 @@ int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const floa
      * large bank is streamed from memory once per group rather than once per tile */
     int64_t chunk = CHUNK / (d * 2 * L) * 2 * L;
     chunk = chunk < 2 * L ? 2 * L : chunk > mp ? mp : chunk;
-    int64_t per = (tiles + threads - 1) / threads, group = per < GROUP ? per : GROUP, groups = (tiles + group - 1) / group;
+    int64_t per = (tiles + threads - 1) / threads, group = per < GROUP ? per : GROUP;
+    int64_t groups = (tiles + group - 1) / group;
     int64_t rows = group * R;
-    size_t each = (size_t)(R * chunk + rows * k + k) * sizeof(int32_t) + (size_t)(rows * k + k + rows) * sizeof(int64_t) +
-                  (size_t)rows * sizeof(float);
+    size_t each = (size_t)(R * chunk + rows * k + k) * sizeof(int32_t) +
+                  (size_t)(rows * k + k + rows) * sizeof(int64_t) + (size_t)rows * sizeof(float);
     each = (each + 63) / 64 * 64; /* each thread's scratch starts on a cache line */
     char *mem = malloc(each * (size_t)threads);
     if (!mem) return 1;
@@ -196,11 +199,7 @@ int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const floa
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
     for (int64_t g = 0; g < groups; g++) {
-#ifdef _OPENMP
-        char *mine = mem + each * (size_t)omp_get_thread_num();
-#else
-        char *mine = mem;
-#endif
+        char *mine = thread_scratch(mem, each);
         int64_t *idx = (int64_t *)mine, *ti = idx + rows * k, *len = ti + k;
         float *qsq = (float *)(len + rows);
         int32_t *keys = (int32_t *)(qsq + rows), *tk = keys + rows * k, *buf = tk + k;

@@ -15,10 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keep.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "common.h"
 
 /* an int32 key that orders as the float does: -inf < ... < -0 = +0 < ... < +inf < NaN (either sign) */
 static inline int32_t key_of(float v) {
@@ -87,11 +84,7 @@ int cnn2gnn_select(const float *d, int64_t n, int64_t m, int64_t k, float *out_d
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
     for (int64_t i = 0; i < n; i++) {
-#ifdef _OPENMP
-        char *mine = mem + each * (size_t)omp_get_thread_num();
-#else
-        char *mine = mem;
-#endif
+        char *mine = thread_scratch(mem, each);
         work_t w;
         w.idx = (int64_t *)mine;
         w.cand_idx = w.idx + k;
