@@ -4,6 +4,7 @@ serves, and steps aside (None) wherever the general path is needed."""
 import pytest
 import torch
 
+from cnn2gnn import native
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.models import fastpath
 from cnn2gnn.models.gnn import GNNStudent
@@ -63,3 +64,17 @@ def test_the_fast_path_steps_aside_where_the_general_path_is_needed():
         assert fastpath.anchors_logits(model, x) is None
     with torch.no_grad():
         assert fastpath.applies(model, x)  # back on after the block
+
+
+@pytest.mark.parametrize("kw", [{}, {"graph_space": "proj"}])
+def test_without_the_native_kernels_the_fast_path_gives_the_same_logits(kw):
+    model = student(**kw)
+    x = torch.randn(37, *SHAPE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fast = fastpath.anchors_logits(model, x)
+        with native.disabled():
+            model.bank.clear()  # the search is rebuilt without the packed bank
+            plain = fastpath.anchors_logits(model, x)
+    assert plain is not None
+    torch.testing.assert_close(plain, fast, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain, general(model, x), rtol=1e-5, atol=1e-5)

@@ -148,6 +148,57 @@ def test_adaptive_weights_leave_gradients_nan_and_wide_rows_to_torch(monkeypatch
     torch.testing.assert_close(sparse_neighbours(wide, 10), torch_neighbours(monkeypatch, wide, 10))
 
 
+def torch_propagate(dist, positions, k, messages, bias):
+    """The reference of native.propagate: sparse_neighbours' weights, a float64 weighted sum of the rows, the bias."""
+    weights, cols = sparse_neighbours(dist, k)
+    rows = messages.double()[positions.gather(1, cols)]  # (n, k', w)
+    return (weights.double()[:, :, None] * rows).sum(dim=1) + bias.double()
+
+
+@needs_kernel
+@pytest.mark.parametrize("width", [2, 6, 11, 64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_propagate_sums_the_weighted_messages_of_the_neighbours(width, threads):
+    g = torch.Generator().manual_seed(width)
+    n, m, w = 70, 90, 37
+    dist = torch.rand(n, width, generator=g)
+    dist[3] = 0.5  # every candidate at the same distance: uniform weights
+    dist[5] = torch.randint(0, 3, (width,), generator=g).float()  # ties
+    dist[6, 0] = float("nan")  # sorts last
+    positions = torch.randint(0, m, (n, width), generator=g)
+    messages, bias = torch.randn(m, w, generator=g), torch.randn(w, generator=g)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k in sorted({1, 4, width - 1, width + 3}):  # k clamps to K - 1 as in sparse_neighbours
+            out = native.propagate(dist, positions, k, messages, bias)
+            ref = torch_propagate(dist, positions, k, messages, bias)
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+        without = native.propagate(dist.t().contiguous().t(), positions.int(), 4, messages)  # strided, int32
+        torch.testing.assert_close(without.double(), torch_propagate(dist, positions, 4, messages, torch.zeros(w)))
+    finally:
+        torch.set_num_threads(saved)
+
+
+@needs_kernel
+def test_propagate_refuses_positions_outside_the_messages_and_leaves_what_it_cannot_serve():
+    dist, messages = torch.rand(40, 5), torch.randn(8, 3)
+    positions = torch.randint(0, 8, (40, 5))
+    dist[17, 0], positions[17, 0] = 0.0, 8  # the nearest candidate: among the weighted ones
+    with pytest.raises(IndexError, match=r"\[0, 8\)"):
+        native.propagate(dist, positions, 3, messages)
+    positions[17, 0] = -1
+    with pytest.raises(IndexError):
+        native.propagate(dist, positions, 3, messages)
+    with pytest.raises(ValueError, match="shape"):
+        native.propagate(dist, positions[:, :4], 3, messages)
+    assert native.propagate(dist[:, :1], positions[:, :1], 3, messages) is None  # one candidate: torch's argmin
+    assert native.propagate(dist.double(), positions, 3, messages) is None
+    assert native.propagate(dist, positions, 3, messages.double()) is None
+    with native.disabled():
+        assert native.propagate(dist, positions.clamp(0, 7), 3, messages) is None
+
+
 @needs_kernel
 def test_a_compiler_command_with_arguments(monkeypatch, tmp_path):
     import shutil

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import native
 from ..graph import sparse_neighbours
 from .embed import input_features
 
@@ -70,20 +71,24 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     x = input_features(x, model.embed)  # the input dropout is the identity in eval mode
     bank = model._bank_states()
     lin1, lin2 = model.conv1.lin, model.conv2.lin
+    hidden = lin1.weight.shape[0]
     v = model.space(x)  # proj: x W1 + b1, the first layer's own term
     dist, positions = model.bank.nearest(v, model.graph.k + 1, bank["v"], bank["v_sq"])
-    weights, col = sparse_neighbours(dist, model.graph.k)
-    index = positions.gather(1, col)
-    n, k = index.shape
     if "msg12" not in bank:  # both layers' messages side by side: one gather brings each anchor's row once
         bank["msg12"] = torch.cat((bank["msg1"], bank["msg2"]), dim=1)
-    both = bank["msg12"]
-    index, weights = index.reshape(-1), weights.reshape(-1).to(both.dtype)
-    offsets = torch.arange(0, n * k, k, device=index.device)
-    gathered = gather_sum(index, both, offsets, weights)  # (n, hidden + classes)
-    hidden = lin1.weight.shape[0]
+        b1 = torch.zeros_like(lin1.bias) if model.cfg.graph_space == "proj" else lin1.bias  # proj: b1 is in v
+        bank["bias12"] = torch.cat((b1, lin2.bias)).detach()
+    both, bias = bank["msg12"], bank["bias12"]
+    summed = native.propagate(dist, positions, model.graph.k, both, bias)  # (n, hidden + classes), biases added
+    if summed is None:  # no kernels: the same sums from torch's operators
+        weights, col = sparse_neighbours(dist, model.graph.k)
+        index = positions.gather(1, col)
+        n, k = index.shape
+        index, weights = index.reshape(-1), weights.reshape(-1).to(both.dtype)
+        offsets = torch.arange(0, n * k, k, device=index.device)
+        summed = gather_sum(index, both, offsets, weights).add_(bias)
     if model.cfg.graph_space == "proj":
-        h = gathered[:, :hidden].add_(v).relu_()
+        h = summed[:, :hidden].add_(v).relu_()
     else:
-        h = torch.addmm(gathered[:, :hidden].add_(lin1.bias), x, lin1.weight.t()).relu_()
-    return torch.addmm(gathered[:, hidden:].add_(lin2.bias), h, lin2.weight.t())
+        h = torch.addmm(summed[:, :hidden], x, lin1.weight.t()).relu_()
+    return torch.addmm(summed[:, hidden:], h, lin2.weight.t())

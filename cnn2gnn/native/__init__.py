@@ -12,7 +12,8 @@ Kernels (one C file each, built into one library):
   the lower column: what :func:`cnn2gnn.select.nearest_k` (the anchor search, the graph head) runs on the CPU
   (docs/anchors_cost.md measures it against ``torch.topk``);
 - :func:`adaptive_weights` (``weights.c``): the closed-form graph weights of a few candidate distances per row, what
-  :func:`cnn2gnn.graph.sparse_neighbours` computes when no gradient is needed;
+  :func:`cnn2gnn.graph.sparse_neighbours` computes when no gradient is needed; and :func:`propagate`, the weighted
+  sums of the neighbours' messages they define (the anchors policy's eval fast path, models/fastpath.py);
 - :func:`pack` and :func:`nearest` (``nearest.c``): the exact search of a fixed bank, distances and selection in one
   pass with the distances kept in cache, what :class:`cnn2gnn.search.TorchSearch` (the anchors policy in eval mode)
   runs on CPUs with 256- or 512-bit vectors (docs/anchors_cost.md measures it against the torch path).
@@ -40,7 +41,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Packed", "adaptive_weights", "available", "cache_dir", "disabled", "library", "nearest", "pack", "select_k"]
+__all__ = [
+    "Packed",
+    "adaptive_weights",
+    "available",
+    "cache_dir",
+    "disabled",
+    "library",
+    "nearest",
+    "pack",
+    "propagate",
+    "select_k",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +116,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cnn2gnn_select.restype = ctypes.c_int
     lib.cnn2gnn_adaptive_weights.argtypes = [ptr, i64, i64, i64, ctypes.c_double, ptr, ptr]
     lib.cnn2gnn_adaptive_weights.restype = None
+    lib.cnn2gnn_propagate.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_double, ptr, i64, i64, ptr, ptr, ctypes.c_int]
+    lib.cnn2gnn_propagate.restype = i64
     lib.cnn2gnn_nearest_lanes.argtypes = []
     lib.cnn2gnn_nearest_lanes.restype = ctypes.c_int
     lib.cnn2gnn_nearest_padded.argtypes = [i64]
@@ -191,6 +205,40 @@ def adaptive_weights(dist: Tensor, k: int, eps: float) -> tuple[Tensor, Tensor] 
     columns = torch.empty(n, k, dtype=torch.int64)
     lib.cnn2gnn_adaptive_weights(d.data_ptr(), n, width, k, eps, weights.data_ptr(), columns.data_ptr())
     return weights, columns
+
+
+def propagate(
+    dist: Tensor, positions: Tensor, k: int, messages: Tensor, bias: Tensor | None = None, eps: float = 1e-12
+) -> Tensor | None:
+    r"""Row :math:`i`: :math:`\mathbf{b} + \sum_{l \le k'} p_{il}\, \mathbf{m}_{j_{il}}`, the weighted sum of the
+    messages of query :math:`i`'s neighbours, with :math:`p_{il}` the weights :func:`adaptive_weights` gives over the
+    row's ``K`` candidate distances (:math:`k' = \min(k, K - 1)`, as in :func:`cnn2gnn.graph.sparse_neighbours`),
+    :math:`j_{il}` the ``positions`` of those candidates (rows of ``messages``), summed nearest first, and
+    :math:`\mathbf{b}` the ``bias`` (none by default). One pass: the weights never leave the cache. No gradient.
+    ``None`` when the kernels cannot serve the tensors (the caller takes the torch path), or for a single candidate.
+
+    Shapes:
+        dist, positions :math:`(n, K)`, :math:`2 \le K \le 64`; messages :math:`(m, w)`; bias :math:`(w,)`
+        -> :math:`(n, w)` float32
+    """
+    lib = _kernels_for(dist)
+    n, width = dist.shape
+    if lib is None or not 2 <= width <= 64 or messages.dtype != torch.float32 or messages.device.type != "cpu":
+        return None
+    if positions.shape != dist.shape or (bias is not None and bias.shape != messages.shape[1:]):
+        raise ValueError(
+            f"propagate: positions {tuple(positions.shape)} must have the shape of dist {tuple(dist.shape)} and bias "
+            f"{None if bias is None else tuple(bias.shape)} the width of messages {tuple(messages.shape)}"
+        )
+    d, pos, msg = dist.detach().contiguous(), positions.to(torch.int64).contiguous(), messages.detach().contiguous()
+    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    out = torch.empty(n, msg.shape[1], dtype=torch.float32)
+    k = min(k, width - 1)
+    m, w = msg.shape
+    args = (n, width, k, eps, msg.data_ptr(), m, w, None if b is None else b.data_ptr(), out.data_ptr())
+    if lib.cnn2gnn_propagate(d.data_ptr(), pos.data_ptr(), *args, torch.get_num_threads()):
+        raise IndexError(f"propagate: positions must lie in [0, {m}), the rows of messages")
+    return out
 
 
 class Packed(NamedTuple):
