@@ -1,8 +1,9 @@
-"""Nearest anchors behind one interface (docs/method.md section 5; issue 15): an exact search (the native kernel
-:func:`cnn2gnn.native.nearest` on CPUs with 256-bit vectors or wider, else a top-k in torch, blocked so that banks up to
-the whole training split fit in memory), and faiss (exact ``IndexFlatL2``, approximate ``IndexIVFFlat``) for large
-banks. A search returns squared distances and positions; in training the student recomputes the distances of
-the anchors it selected, with gradients, so every backend gives the same graph head (exactly, for the exact ones).
+"""Nearest anchors behind one interface (docs/method.md section 5; issue 15): an exact search (the native kernels
+:func:`cnn2gnn.native.nearest` and its pruned form :func:`cnn2gnn.native.nearest_pruned` on CPUs with 256-bit vectors
+or wider, else a top-k in torch, blocked so that banks up to the whole training split fit in memory), and faiss
+(exact ``IndexFlatL2``, approximate ``IndexIVFFlat``) for large banks. A search returns squared distances and
+positions; in training the student recomputes the distances of the anchors it selected, with gradients, so every
+backend gives the same graph head (exactly, for the exact ones).
 """
 
 from __future__ import annotations
@@ -60,22 +61,48 @@ def topk_torch(
 
 
 class TorchSearch:
-    """Exact search of a fixed bank (the default search of the anchors policy in eval mode): the native kernel
-    :func:`cnn2gnn.native.nearest` where it can serve the bank (a float32 CPU bank, a build with 256-bit vectors or
-    wider: distances and selection in one pass, the bank packed once here; no gradient), else
-    :func:`topk_torch` on the bank's device. Both are exact; their distances differ only in the rounding of the dot
-    products. The bank is read at construction: build a new search after changing it."""
+    """Exact search of a fixed bank (the default search of the anchors policy in eval mode). On a float32 CPU bank
+    with a build of 256-bit vectors or wider, a native kernel (no gradient):
+
+    - :func:`cnn2gnn.native.nearest_pruned` where the bank varies mostly along a few axes, as a learned graph space
+      does: a lower bound from its first principal axes rules most anchors out after a fraction of their distance.
+      It is kept for banks of at least ``PRUNE_FROM`` anchors where, for queries between pairs of anchors, it
+      computes at most ``PRUNE_BELOW`` of the distances (docs/anchors_cost.md: with fewer anchors, or more distances,
+      the fused kernel was as fast or faster within the student's forward pass);
+    - else :func:`cnn2gnn.native.nearest`: distances and selection in one pass, the bank packed once;
+
+    and :func:`topk_torch` on the bank's device otherwise. All are exact; their distances differ only by rounding. The
+    bank is read at construction: build a new search after changing it."""
 
     kind = "torch"
+    PRUNE_FROM = 4096  # the bank size from which the pruned kernel may be used
+    PRUNE_BELOW = 0.03  # the share of full distances under which it is used
+    SAMPLE = 256  # calibration queries
 
     def __init__(self, bank: Tensor, bank_sq: Tensor | None = None) -> None:
         if bank_sq is None:
             bank_sq = bank.detach().pow(2).sum(dim=1)
         self.bank, self.bank_sq = bank, bank_sq
-        self.packed = native.pack(bank, bank_sq)
+        self.pruned = native.pack_pruned(bank) if len(bank) >= max(2, self.PRUNE_FROM) else None
+        if self.pruned is not None:
+            rows = torch.linspace(0, len(bank) - 2, min(self.SAMPLE, len(bank) - 1)).long()
+            between = (bank[rows] + bank[rows + 1]).detach() / 2  # queries near the bank, none of them an anchor
+            share = native.scanned_fraction(self.pruned, between, min(11, len(bank)))
+            self.pruned = self.pruned if share is not None and share <= self.PRUNE_BELOW else None
+        self._packed: native.Packed | None | bool = False  # packed on first use
+
+    @property
+    def packed(self) -> native.Packed | None:
+        """The bank packed for the fused kernel (``None`` where it cannot serve it)."""
+        if self._packed is False:
+            self._packed = native.pack(self.bank, self.bank_sq)
+        return self._packed  # type: ignore[return-value]
 
     def __call__(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        if self.packed is not None and (found := native.nearest(queries, self.packed, min(k, len(self.bank)))):
+        k = min(k, len(self.bank))
+        if self.pruned is not None and (found := native.nearest_pruned(queries, self.pruned, k)):
+            return found
+        if self.packed is not None and (found := native.nearest(queries, self.packed, k)):
             return found
         return topk_torch(queries, self.bank, k, bank_sq=self.bank_sq)
 

@@ -6,12 +6,14 @@ head 64, bank 1024 unless --bank) with random weights (timings do not depend on 
 1. the selection of the k + 1 nearest anchors, ``torch.topk`` against :func:`cnn2gnn.select.nearest_k` in torch
    (block minima narrowing) and with the native kernel (:mod:`cnn2gnn.native`, when it could be built), on distances
    of 256 queries to banks of several sizes;
-2. the whole search of 256 queries in such banks: the torch path (distance product, norms, clamp, selection; native
-   selection or not) against the fused native search (:func:`cnn2gnn.native.nearest`), what the anchors policy runs;
+2. the whole search of 256 queries in such banks, isotropic and varying along 8 axes (as a learned graph space): the
+   torch path (distance product, norms, clamp, selection; native selection or not) against the fused native search
+   (:func:`cnn2gnn.native.nearest`) and the pruned one (:func:`cnn2gnn.native.nearest_pruned`), which the anchors
+   policy chooses between (:class:`cnn2gnn.search.TorchSearch`);
 3. images/s at batch 256 of the same-width MLP, the student under the anchors policy (its eval fast path,
    models/fastpath.py; the general path; without the native kernels), and the student with one part of its forward
-   pass (the search, the graph weights, the gathers) replaced by a lookup of that part's own results: what each part
-   costs where it runs, not in isolation.
+   pass (the search; the weights and sums) replaced by a lookup of that part's own results: what each part costs
+   where it runs, not in isolation.
 
     python scripts/anchors_cost.py --threads 1,2 --out docs/anchors_cost.md
 """
@@ -87,34 +89,45 @@ def selection_table(k: int, sizes: list[int], seconds: float, repeats: int) -> l
     return rows
 
 
-def search_table(k: int, sizes: list[int], seconds: float, repeats: int) -> list[str]:
+def search_table(k: int, sizes: list[int], seconds: float, repeats: int, *, flat: bool) -> list[str]:
+    """Each search of 256 queries in banks of 64-d points: isotropic (``flat=False``), or varying mostly along 8
+    axes (a rank-8 product plus 5% noise, the queries near anchors), as a learned graph space does."""
     g = torch.Generator().manual_seed(0)
     rows = [
         "| bank m | torch path, torch selection (ms) | torch path, native selection (ms) | fused native search (ms) "
-        "| fused speed-up over the torch path |",
-        "|---|---|---|---|---|",
+        "| pruned native search (ms) | distances the pruned search computes | fused over the torch path "
+        "| pruned over fused |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in sizes:
-        bank = torch.randn(m, 64, generator=g)
-        queries = [torch.randn(256, 64, generator=g) for _ in range(4)]
-        fused = TorchSearch(bank)  # packs the bank once (None where the kernel cannot serve it)
+        if flat:
+            bank = torch.randn(m, 8, generator=g) @ torch.randn(8, 64, generator=g)
+            bank += 0.05 * bank.std() * torch.randn(m, 64, generator=g)
+            near = [bank[torch.randint(0, m, (256,), generator=g)] for _ in range(4)]
+            queries = [q + 0.2 * bank.std() * torch.randn(256, 64, generator=g) for q in near]
+        else:
+            bank = torch.randn(m, 64, generator=g)
+            queries = [torch.randn(256, 64, generator=g) for _ in range(4)]
+        packed, pruned = native.pack(bank, bank.pow(2).sum(dim=1)), native.pack_pruned(bank)
         product = lambda q, b=bank: topk_torch(q, b, k)  # noqa: E731 - distance product, norms, clamp, selection
         fns = {"torch": torch_only(product), "select": product}
-        if fused.packed is not None:
-            fns["fused"] = lambda q, f=fused: f(q, k)
+        if packed is not None:
+            fns["fused"] = lambda q, p=packed: native.nearest(q, p, k)
+        if pruned is not None:
+            fns["pruned"] = lambda q, p=pruned: native.nearest_pruned(q, p, k)
         t = best_times(fns, queries, seconds, repeats)
-        t_fused = t.get("fused", float("nan"))
+        t_fused, t_pruned = t.get("fused", float("nan")), t.get("pruned", float("nan"))
+        share = native.scanned_fraction(pruned, queries[0], k) if pruned is not None else float("nan")
         rows.append(
             f"| {m:,} | {1e3 * t['torch']:.3f} | {1e3 * t['select']:.3f} | {1e3 * t_fused:.3f} | "
-            f"{t['select'] / t_fused:.2f}x |"
+            f"{1e3 * t_pruned:.3f} | {share:.1%} | {t['select'] / t_fused:.2f}x | {t_fused / t_pruned:.2f}x |"
         )
     return rows
 
 
 SERVED = {
     "search": "its search of the k + 1 nearest anchors (distances and selection)",
-    "weights": "its graph weights over those candidates",
-    "gathers": "its two gathers of the anchors' messages",
+    "propagate": "its graph weights and both layers' weighted sums of the anchors' messages (one native pass)",
 }
 
 
@@ -165,8 +178,7 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
         anchors(images[0])  # the bank's states and its own graph, cached once before recording
     served = {
         "search": serving(anchors, images, TorchSearch, "__call__"),
-        "weights": serving(anchors, images, fastpath, "sparse_neighbours"),
-        "gathers": serving(anchors, images, fastpath, "gather_sum"),
+        "propagate": serving(anchors, images, native, "propagate"),
     }
 
     def general(x):
@@ -229,9 +241,15 @@ def main() -> None:
             "",
             *selection_table(11, sizes, args.seconds, args.repeats),
             "",
-            f"## {threads} torch thread{'s' if threads > 1 else ''}: searching 256 queries (64-d) for their 11 nearest",
+            f"## {threads} torch thread{'s' if threads > 1 else ''}: searching 256 queries (64-d, isotropic) for their "
+            "11 nearest",
             "",
-            *search_table(11, sizes, args.seconds, args.repeats),
+            *search_table(11, sizes, args.seconds, args.repeats, flat=False),
+            "",
+            f"## {threads} torch thread{'s' if threads > 1 else ''}: searching 256 queries (64-d, along 8 axes) for "
+            "their 11 nearest",
+            "",
+            *search_table(11, sizes, args.seconds, args.repeats, flat=True),
             "",
             f"## {threads} torch thread{'s' if threads > 1 else ''}: the anchors forward pass against the MLP "
             f"(bank {args.bank})",

@@ -43,21 +43,26 @@ from torch import Tensor
 
 __all__ = [
     "Packed",
+    "Pruned",
     "adaptive_weights",
     "available",
     "cache_dir",
     "disabled",
     "library",
     "nearest",
+    "nearest_pruned",
     "pack",
+    "pack_pruned",
     "propagate",
+    "scanned_fraction",
     "select_k",
 ]
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c", "weights.c", "nearest.c"))
-HEADERS = (Path(__file__).with_name("common.h"),)  # included by the sources: part of what a build depends on
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c", "weights.c", "nearest.c", "pruned.c"))
+# included by the sources: part of what a build depends on
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("common.h", "vectors.h"))
 # the first set that compiles is used; -fopenmp shares the rows among torch's threads (torch's libgomp, already
 # loaded, serves the library: one thread pool)
 FLAGS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",))
@@ -126,6 +131,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cnn2gnn_nearest_pack.restype = None
     lib.cnn2gnn_nearest.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
     lib.cnn2gnn_nearest.restype = ctypes.c_int
+    lib.cnn2gnn_pruned.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr]
+    lib.cnn2gnn_pruned.restype = ctypes.c_int
     return lib
 
 
@@ -298,3 +305,6 @@ def nearest(queries: Tensor, packed: Packed, k: int) -> tuple[Tensor, Tensor] | 
     if n and lib.cnn2gnn_nearest(q.data_ptr(), q.stride(0), *args, threads):
         raise MemoryError(f"nearest: out of memory for a bank of {packed.m}")
     return dist, index
+
+
+from .pruned import Pruned, nearest_pruned, pack_pruned, scanned_fraction  # noqa: E402 (uses the above)

@@ -23,40 +23,15 @@
 #include <string.h>
 
 #include "common.h"
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "vectors.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#if defined(__AVX512F__)
-#define L 16
-#elif defined(__AVX__)
-#define L 8
-#else
-#define L 4
-#endif
 #define R 4 /* queries computed together */
 #define MOST_GROUPS (8 * L)
 #define CHUNK 65536 /* floats of the packed bank read at a time (256 KiB) */
 #define GROUP 16   /* tiles that share each chunk */
-
-typedef float vf __attribute__((vector_size(L * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(L * sizeof(int32_t))));
-
-static inline vf load_f(const float *p) {
-    vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline vi load_i(const int32_t *p) {
-    vi v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline vf splat(float s) { return s - (vf){0}; } /* s - (+0) is s for every float: folded to a broadcast */
-static inline vi splat_i(int32_t s) { return (vi){0} + s; }
 
 /* the vector width this build computes with (the caller uses the kernel only where it pays: 8 or more) */
 int cnn2gnn_nearest_lanes(void) { return L; }
