@@ -66,9 +66,9 @@ class TorchSearch:
 
     - :func:`cnn2gnn.native.nearest_pruned` where the bank varies mostly along a few axes, as a learned graph space
       does: a lower bound from its first principal axes rules most anchors out after a fraction of their distance.
-      It is kept for banks of at least ``PRUNE_FROM`` anchors where, for queries between pairs of anchors, it
-      computes at most ``PRUNE_BELOW`` of the distances (docs/anchors_cost.md: with fewer anchors, or more distances,
-      the fused kernel was as fast or faster within the student's forward pass);
+      It is kept for banks of at least ``PRUNE_FROM`` anchors where, for queries between pairs of anchors (of at
+      most ``CALIBRATE_ON`` of them), it computes at most ``PRUNE_BELOW`` of the distances (docs/anchors_cost.md:
+      with fewer anchors, or more distances, the fused kernel was as fast or faster within the student's forward);
     - else :func:`cnn2gnn.native.nearest`: distances and selection in one pass, the bank packed once;
 
     and :func:`topk_torch` on the bank's device otherwise. All are exact; their distances differ only by rounding. The
@@ -78,18 +78,32 @@ class TorchSearch:
     PRUNE_FROM = 4096  # the bank size from which the pruned kernel may be used
     PRUNE_BELOW = 0.03  # the share of full distances under which it is used
     SAMPLE = 256  # calibration queries
+    CALIBRATE_ON = 16384  # at most this many anchors in the calibration (its cost stays bounded)
 
     def __init__(self, bank: Tensor, bank_sq: Tensor | None = None) -> None:
         if bank_sq is None:
             bank_sq = bank.detach().pow(2).sum(dim=1)
         self.bank, self.bank_sq = bank, bank_sq
-        self.pruned = native.pack_pruned(bank) if len(bank) >= max(2, self.PRUNE_FROM) else None
-        if self.pruned is not None:
-            rows = torch.linspace(0, len(bank) - 2, min(self.SAMPLE, len(bank) - 1)).long()
-            between = (bank[rows] + bank[rows + 1]).detach() / 2  # queries near the bank, none of them an anchor
-            share = native.scanned_fraction(self.pruned, between, min(11, len(bank)))
-            self.pruned = self.pruned if share is not None and share <= self.PRUNE_BELOW else None
-        self._packed: native.Packed | None | bool = False  # packed on first use
+        self.pruned = self._pruned_if_it_pays(bank.detach()) if len(bank) >= max(2, self.PRUNE_FROM) else None
+        # the fused kernel's packing: now, unless the pruned kernel serves the bank (then on first need: k > 128)
+        self._packed: native.Packed | None | bool = False if self.pruned is not None else native.pack(bank, bank_sq)
+
+    def _pruned_if_it_pays(self, bank: Tensor) -> native.Pruned | None:
+        """The pruned kernel's packing of ``bank`` if, on evenly spaced anchors (at most ``CALIBRATE_ON``: a sparser
+        bank prunes less, so the estimate errs on the safe side), ``SAMPLE`` queries between pairs of them needed at
+        most ``PRUNE_BELOW`` of their distances; else ``None``."""
+        sample = bank
+        if len(bank) > self.CALIBRATE_ON:
+            sample = bank[torch.linspace(0, len(bank) - 1, self.CALIBRATE_ON, device=bank.device).long()]
+        trial = native.pack_pruned(sample)
+        if trial is None:
+            return None
+        rows = torch.linspace(0, len(sample) - 2, min(self.SAMPLE, len(sample) - 1), device=bank.device).long()
+        between = (sample[rows] + sample[rows + 1]) / 2  # near the bank, none of them an anchor
+        share = native.scanned_fraction(trial, between, min(11, len(sample)))
+        if share is None or share > self.PRUNE_BELOW:
+            return None
+        return trial if sample is bank else native.pack_pruned(bank)
 
     @property
     def packed(self) -> native.Packed | None:

@@ -120,7 +120,7 @@ def search_table(k: int, sizes: list[int], seconds: float, repeats: int, *, flat
         share = native.scanned_fraction(pruned, queries[0], k) if pruned is not None else float("nan")
         rows.append(
             f"| {m:,} | {1e3 * t['torch']:.3f} | {1e3 * t['select']:.3f} | {1e3 * t_fused:.3f} | "
-            f"{1e3 * t_pruned:.3f} | {share:.1%} | {t['select'] / t_fused:.2f}x | {t_fused / t_pruned:.2f}x |"
+            f"{1e3 * t_pruned:.3f} | {share:.2%} | {t['select'] / t_fused:.2f}x | {t_fused / t_pruned:.2f}x |"
         )
     return rows
 

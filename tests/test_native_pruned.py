@@ -115,6 +115,8 @@ def test_the_bound_rules_out_most_anchors_of_a_low_rank_bank_and_torch_search_ke
     monkeypatch.setattr(native, "nearest_pruned", lambda *a: calls.append(a[2]) or real(*a))
     dist, index = TorchSearch(flat)(near, 11)
     assert calls == [11] and torch.equal(index, topk_torch(near, flat, 11)[1])
+    monkeypatch.setattr(TorchSearch, "CALIBRATE_ON", 700)  # calibrated on 700 anchors, packed whole
+    assert TorchSearch(flat).pruned.m == 2000 and TorchSearch(round_).pruned is None
     assert torch.equal(TorchSearch(flat)(near, 8 * lanes + 1)[1], topk_torch(near, flat, 8 * lanes + 1)[1])  # fused
 
 

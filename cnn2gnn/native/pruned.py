@@ -65,16 +65,16 @@ def pack_pruned(bank: Tensor, head: int | None = None) -> Pruned | None:
     head = head_of(d) if head is None else head
     if not 1 <= head <= 16:
         raise ValueError(f"pack_pruned: head must be in [1, 16], got {head}")
-    a = bank.detach().double()
+    a = bank.detach()
     if m == 0 or d < MIN_DIM or head >= d or not bool(torch.isfinite(a).all()):
         return None
-    mean = a.mean(dim=0)
-    centred = a - mean
-    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    mean = a.sum(dim=0, dtype=torch.float64) / m
+    centred = a - mean.float()
+    _, vectors = torch.linalg.eigh((centred.T @ centred).double())  # ascending; any orthonormal axes keep distances
     width = -(-(d - head) // lanes) * lanes  # W: the tail in whole vectors (zero columns past d)
     axes = torch.zeros(d, head + width, dtype=torch.float64)
     axes[:, :d] = vectors.flip(1)  # most variance first
-    rotated = (centred @ axes).float()
+    rotated = centred @ axes.float()
     blocks = -(-m // lanes)
     first = torch.full((blocks * lanes, head), float("inf"))
     first[:m] = rotated[:, :head]
