@@ -395,3 +395,15 @@ def test_without_a_cap_every_model_is_timed_for_the_same_seconds(monkeypatch):
     equal = evaluate.images_per_second_together(fns, examples, 2, min_seconds=90.0, repeats=3, max_iters=None)
     assert calls.count("a") == 1 + 3 * 30 and calls.count("b") == 1 + 3 * 3  # 30 s a round for both
     assert capped == equal == [2.0, 0.2]  # images/s alike here: the fake calls cost the same every time
+
+
+def test_a_speed_ratio_just_under_its_bar_is_not_printed_as_the_bar():
+    from cnn2gnn.bench.report import _cost_targets
+
+    speed = lambda ips, flops: {"images_per_s": {"256": ips}, "flops_per_image": flops}  # noqa: E731
+    epoch = {"seconds_per_epoch": {"mean": 2.0}, "train_flops_per_image": 4.0}
+    mlp = {"policies": {"none": speed(100_000.0, 0.8)}, "seconds_per_epoch": {"mean": 1.0}}
+    mlp["train_flops_per_image"] = 1.6
+    lines = _cost_targets(speed(59_940.0, 1.0), speed(2_000.0, 20.0), mlp, epoch, lambda ok: "yes" if ok else "**no**")
+    assert "| 59.9% | **no** |" in lines[0] and "(its FLOP ratio MLP/student: 80%)" in lines[0]  # was "60% | no"
+    assert "| 29.97x | **no** |" in lines[1]  # was "30.0x | **no**"

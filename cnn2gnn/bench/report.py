@@ -89,8 +89,8 @@ def _cost_targets(student: dict, teacher: dict, mlp: dict, method: dict, met) ->
     epoch = method["seconds_per_epoch"]["mean"] / mlp["seconds_per_epoch"]["mean"]
     lines = [
         f"| >= 60% of the same-width MLP's images/s at batch 256 (its FLOP ratio MLP/student: {flops:.0%}) "
-        f"| {s_ips / m_ips:.0%} | {met(s_ips / m_ips >= 0.6)} |",
-        f"| >= 30x the teacher's images/s at batch 256 | {s_ips / t_ips:.1f}x | {met(s_ips / t_ips >= 30)} |",
+        f"| {s_ips / m_ips:.1%} | {met(s_ips / m_ips >= 0.6)} |",  # 59.9% is not met: no rounding up to the bar
+        f"| >= 30x the teacher's images/s at batch 256 | {s_ips / t_ips:.2f}x | {met(s_ips / t_ips >= 30)} |",
     ]
     if train_flops == train_flops:  # results written before training FLOPs were counted have none
         lines.append(
