@@ -1,4 +1,5 @@
-"""Helpers shared by the tests that run the command line and compare runs (imported as ``helpers``)."""
+"""Helpers shared by the tests that run the command line and compare runs, and by the native searches' tests
+(imported as ``helpers``)."""
 
 import contextlib
 import io
@@ -96,3 +97,11 @@ def pyg_graphconv(conv):
         ref.lin_rel.bias.copy_(conv.lin.bias)
         ref.lin_root.weight.copy_(conv.lin.weight)
     return ref
+
+
+def knn_reference(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest rows of ``bank`` for each query from float64 distances and a stable ascending sort: exact, ties in
+    position order (what the native searches must return)."""
+    d = torch.cdist(queries.double(), bank.double()).pow(2)
+    values, index = torch.sort(d, dim=1, stable=True)
+    return values[:, :k].float(), index[:, :k]

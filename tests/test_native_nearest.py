@@ -4,6 +4,7 @@ anchors policy use it in eval mode and fall back to the torch path where it cann
 
 import pytest
 import torch
+from helpers import knn_reference
 
 from cnn2gnn import native
 from cnn2gnn.config import StudentModelConfig
@@ -19,13 +20,6 @@ def search(queries, bank, k):
     return native.nearest(queries, packed, k)
 
 
-def reference(queries, bank, k):
-    """Distances in float64 and a stable ascending sort: the exact k nearest, ties in position order."""
-    d = torch.cdist(queries.double(), bank.double()).pow(2)
-    values, index = torch.sort(d, dim=1, stable=True)
-    return values[:, :k].float(), index[:, :k]
-
-
 @needs_kernel
 @pytest.mark.parametrize(
     "n, m, d, k",
@@ -37,7 +31,7 @@ def test_nearest_finds_the_exact_k_nearest_in_order(n, m, d, k):
     g = torch.Generator().manual_seed(n * 1000 + m + d)
     bank, queries = torch.randn(m, d, generator=g), torch.randn(n, d, generator=g)
     dist, index = search(queries, bank, k)
-    ref_dist, ref_index = reference(queries, bank, k)
+    ref_dist, ref_index = knn_reference(queries, bank, k)
     assert dist.shape == index.shape == (n, k) and dist.dtype == torch.float32 and index.dtype == torch.int64
     assert torch.equal(index, ref_index)  # random data: no two distances within rounding of each other (several
     # of these banks are read in chunks, and several of these batches in groups of tiles: the bounds carry over)

@@ -4,6 +4,7 @@ distances in full on a bank that varies along a few axes; TorchSearch keeps it o
 
 import pytest
 import torch
+from helpers import knn_reference
 
 from cnn2gnn import native
 from cnn2gnn.config import StudentModelConfig
@@ -19,13 +20,6 @@ def low_rank(m: int, d: int, rank: int, g: torch.Generator, noise: float = 0.05)
     return torch.randn(m, rank, generator=g) @ torch.randn(rank, d, generator=g) + noise * torch.randn(
         m, d, generator=g
     )
-
-
-def reference(queries, bank, k):
-    """Distances in float64 and a stable ascending sort: the exact k nearest, ties in position order."""
-    d = torch.cdist(queries.double(), bank.double()).pow(2)
-    values, index = torch.sort(d, dim=1, stable=True)
-    return values[:, :k].float(), index[:, :k]
 
 
 @needs_kernel
@@ -44,7 +38,7 @@ def test_the_pruned_search_finds_the_exact_k_nearest_in_order(n, m, d, k, shape)
         bank, queries = torch.randn(m, d, generator=g), torch.randn(n, d, generator=g)
     pruned = native.pack_pruned(bank)
     dist, index = native.nearest_pruned(queries, pruned, k)
-    ref_dist, ref_index = reference(queries, bank, k)
+    ref_dist, ref_index = knn_reference(queries, bank, k)
     assert dist.shape == index.shape == (n, k) and dist.dtype == torch.float32 and index.dtype == torch.int64
     assert torch.equal(index, ref_index)  # random data: no two distances within rounding of each other
     torch.testing.assert_close(dist, ref_dist, rtol=1e-4, atol=1e-4)
