@@ -11,10 +11,11 @@ import torch
 from helpers import ONE_THREAD, run_cli
 from PIL import Image
 
+from cnn2gnn import native
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.graph import SparseGraphLearner, pairwise_sq_dists
 from cnn2gnn.models import GNNStudent
-from cnn2gnn.search import make_search, topk_torch
+from cnn2gnn.search import TorchSearch, make_search, topk_torch
 
 
 def _points(n: int, d: int, seed: int, clusters: int = 0) -> torch.Tensor:
@@ -84,7 +85,7 @@ def test_a_student_gives_the_same_logits_with_faiss(search):
 
 
 @pytest.mark.slow
-def test_a_bank_of_the_whole_training_split_with_evaluate_and_predict(tmp_path):
+def test_a_bank_of_the_whole_training_split_with_evaluate_and_predict(tmp_path, monkeypatch):
     pytest.importorskip("faiss")
     out = tmp_path / "s"
     code, _, err = run_cli("distill", "--data", "digits", "--epochs", 1, "--hidden", 32, "--set", "bank.size=all",
@@ -99,6 +100,14 @@ def test_a_bank_of_the_whole_training_split_with_evaluate_and_predict(tmp_path):
         accs[search] = json.loads(text)["mean"]
     assert accs["faiss"] == pytest.approx(accs["torch"], abs=1e-6)
     assert abs(accs["faiss-ivf"] - accs["torch"]) < 0.05
+    pruned, real = [], native.nearest_pruned  # the pruned native search, forced on this small bank
+    monkeypatch.setattr(TorchSearch, "PRUNE_FROM", 0)
+    monkeypatch.setattr(TorchSearch, "PRUNE_BELOW", 1.0)
+    monkeypatch.setattr(native, "nearest_pruned", lambda *a: pruned.append(len(a[0])) or real(*a))
+    code, text, err = run_cli("evaluate", "--model", out, "--graph", "anchors", "--search", "torch", "--json")
+    assert code == 0, err
+    assert json.loads(text)["mean"] == pytest.approx(accs["torch"], abs=1e-6)
+    assert pruned or native.pack_pruned(torch.randn(32, 64)) is None  # used wherever the build can run it
     images = tmp_path / "images"
     images.mkdir()
     from cnn2gnn.data import load_dataset
@@ -110,4 +119,4 @@ def test_a_bank_of_the_whole_training_split_with_evaluate_and_predict(tmp_path):
         code, text, err = run_cli("predict", "--model", out, images, "--search", search, "--quiet")
         assert code == 0, err
         outputs[search] = [line.split("\t")[1] for line in text.splitlines()]
-    assert outputs["torch"] == outputs["faiss"] and len(outputs["torch"]) == 5
+    assert outputs["torch"] == outputs["faiss"] and len(outputs["torch"]) == 5  # torch: the pruned search, forced
