@@ -149,8 +149,9 @@ class BankConfig:
 
     size: int | BankAll = 1024  # m images, a stratified sample of the training split; all = the whole split;
     #                             0 = no bank (batch policy only)
-    search: Search = "torch"  # nearest anchors: torch (exact, blocked top-k, any device) | faiss (exact, IndexFlatL2)
-    #                           | faiss-ivf (approximate: an inverted file of nlist cells, nprobe of them searched)
+    search: Search = "torch"  # nearest anchors: torch (exact: on the CPU the native fused or pruned search, else a
+    #                           blocked top-k, any device) | faiss (exact, IndexFlatL2) | faiss-ivf (approximate: an
+    #                           inverted file of nlist cells, nprobe of them searched)
     nlist: int | None = None  # faiss-ivf cells; None: about 4 sqrt(m)
     nprobe: int = 16  # faiss-ivf cells searched per query (recall against speed)
 
