@@ -37,7 +37,11 @@ def test_the_pruned_search_finds_the_exact_k_nearest_in_order(n, m, d, k, shape)
     else:
         bank, queries = torch.randn(m, d, generator=g), torch.randn(n, d, generator=g)
     pruned = native.pack_pruned(bank)
-    dist, index = native.nearest_pruned(queries, pruned, k)
+    found = native.nearest_pruned(queries, pruned, k)
+    if k > 8 * lanes:  # beyond 8 vector widths of group minima (8-lane builds: k > 64): the fused search's case
+        assert found is None
+        return
+    dist, index = found
     ref_dist, ref_index = knn_reference(queries, bank, k)
     assert dist.shape == index.shape == (n, k) and dist.dtype == torch.float32 and index.dtype == torch.int64
     assert torch.equal(index, ref_index)  # random data: no two distances within rounding of each other
