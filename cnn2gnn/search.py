@@ -85,7 +85,7 @@ class TorchSearch:
             bank_sq = bank.detach().pow(2).sum(dim=1)
         self.bank, self.bank_sq = bank, bank_sq
         self.pruned = self._pruned_if_it_pays(bank.detach()) if len(bank) >= max(2, self.PRUNE_FROM) else None
-        # the fused kernel's packing: now, unless the pruned kernel serves the bank (then on first need: k > 128)
+        # the fused kernel's packing: now, unless the pruned kernel serves the bank (then when a k is beyond its reach)
         self._packed: native.Packed | None | bool = False if self.pruned is not None else native.pack(bank, bank_sq)
 
     def _pruned_if_it_pays(self, bank: Tensor) -> native.Pruned | None:
