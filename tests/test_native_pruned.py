@@ -96,6 +96,8 @@ def test_strided_queries_thread_counts_and_what_it_leaves_to_the_other_searches(
     assert native.pack_pruned(nan_bank) is None
     with pytest.raises(ValueError, match="head"):
         native.pack_pruned(bank, head=17)
+    with pytest.raises(ValueError, match="limits"):  # the kernel checks its own limits too
+        native.nearest_pruned(view, pruned._replace(P=17), 3)
 
 
 @needs_kernel

@@ -90,12 +90,13 @@ static void scan(const int32_t *lb, int64_t m, int64_t padded, int32_t lo, int32
 
 /* q: (n, P + W) in the bank's axes (row stride ldq; zeros past the bank's dimension); head: the first P coordinates
  * of the m anchors in blocks of L, dimension-major (anchor b L + l's coordinate t at (b P + t) L + l, +inf past m);
- * tail: (m, W) the others, row-major. 1 <= k <= m, k <= MOST_VECS L, P <= MOST_HEAD, W a multiple of L. out_d, out_i: (n, k),
- * squared distances ascending and their anchors; *seen: how many full distances were computed (all queries).
- * Returns 0, or 1 when out of memory. */
+ * tail: (m, W) the others, row-major, W a multiple of L. out_d, out_i: (n, k), squared distances ascending and their
+ * anchors; *seen: how many full distances were computed (all queries). Returns 0; 1 when out of memory; 2 unless
+ * 1 <= k <= m, k <= MOST_VECS L and 1 <= P <= MOST_HEAD. */
 int cnn2gnn_pruned(const float *q, int64_t ldq, const float *head, const float *tail, int64_t n, int64_t m, int64_t P,
                    int64_t W, int64_t k, float *out_d, int64_t *out_i, int threads, int64_t *seen) {
     int64_t blocks = (m + L - 1) / L, padded = blocks * L, vecs = (k + L - 1) / L;
+    if (k < 1 || k > m || vecs > MOST_VECS || P < 1 || P > MOST_HEAD) return 2;
     if (threads > n / 16) threads = n >= 32 ? (int)(n / 16) : 1; /* at least 16 queries a thread */
 #ifndef _OPENMP
     threads = 1;

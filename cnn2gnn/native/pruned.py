@@ -96,10 +96,13 @@ def _search(queries: Tensor, pruned: Pruned, k: int) -> tuple[Tensor, Tensor, in
     seen = ctypes.c_int64(0)
     args = (pruned.head.data_ptr(), pruned.tail.data_ptr(), n, pruned.m, pruned.P, pruned.W, k)
     threads = torch.get_num_threads()
-    if n and lib.cnn2gnn_pruned(
+    status = n and lib.cnn2gnn_pruned(
         q.data_ptr(), q.stride(0), *args, dist.data_ptr(), index.data_ptr(), threads, ctypes.byref(seen)
-    ):
+    )
+    if status == 1:
         raise MemoryError(f"nearest_pruned: out of memory for a bank of {pruned.m}")
+    if status:
+        raise ValueError(f"nearest_pruned: k={k} or the bound's {pruned.P} axes are outside the kernel's limits")
     return dist, index, seen.value
 
 
