@@ -137,6 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if args.speed:
         result["images_per_s"] = measure_speed(model, meta, split, graph=args.graph, device=device)
+    bank = getattr(model, "bank", None)
+    if result["policy"] == "anchors" and bank is not None and (search := bank.describe_search()):
+        result["search"] = f"{search}, bank of {len(bank):,}"
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -151,6 +154,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"  class-sorted batches: {result['class_sorted_acc']:.4f} ({result['sorted_minus_shuffled']:+.4f} "
             "vs shuffled: the batch graph leaks labels through batch order; report the shuffled figure)"
         )
+    if "search" in result:
+        print(f"  anchor search: {result['search']}")
     if "images_per_s" in result:
         ips = result["images_per_s"]
         print(f"  inference: {ips['1']:.0f} images/s at batch 1, {ips['256']:.0f} images/s at batch 256 ({device})")

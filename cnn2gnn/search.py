@@ -112,6 +112,15 @@ class TorchSearch:
             self._packed = native.pack(self.bank, self.bank_sq)
         return self._packed  # type: ignore[return-value]
 
+    def describe(self) -> str:
+        """Which search serves the bank, in words (``evaluate`` prints it)."""
+        if self.pruned is not None:
+            p = self.pruned
+            return f"exact, native pruned search (a bound from {p.P} of {p.d} principal axes)"
+        if self._packed is not False and self._packed is not None:
+            return "exact, native fused search"
+        return "exact, torch top-k"
+
     def __call__(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         k = min(k, len(self.bank))
         if self.pruned is not None and (found := native.nearest_pruned(queries, self.pruned, k)):
@@ -142,6 +151,12 @@ class FaissSearch:
         self.index.add(data)
         self.kind = "faiss-ivf" if approximate else "faiss"
         self.device = bank.device
+
+    def describe(self) -> str:
+        """Which search serves the bank, in words (``evaluate`` prints it)."""
+        if self.kind == "faiss":
+            return "exact, faiss IndexFlatL2"
+        return f"approximate, faiss IndexIVFFlat ({self.index.nlist} cells, {self.index.nprobe} searched a query)"
 
     def __call__(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         dist, index = self.index.search(queries.detach().float().cpu().contiguous().numpy(), min(k, self.index.ntotal))

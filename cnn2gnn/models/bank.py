@@ -96,6 +96,10 @@ class AnchorBank(nn.Module):
             self._index = (key, make_search(self.search, bank, bank_sq, nlist=self.nlist, nprobe=self.nprobe))
         return self._index[1](queries, k)
 
+    def describe_search(self) -> str | None:
+        """The eval-mode search in words once it is built (after a call under the anchors policy), else ``None``."""
+        return None if self._index is None else self._index[1].describe()
+
     def train(self, mode: bool = True) -> AnchorBank:
         self.clear()
         return super().train(mode)
