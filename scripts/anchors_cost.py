@@ -228,9 +228,11 @@ def main() -> None:
         f"- selection: `nearest_k` runs the native kernel (built here: {native.available()}); without it, it narrows "
         f"rows of at least {select.WIDE_ONE_THREAD:,} entries on one thread and {select.WIDE:,} on more, from "
         f"{select.ROWS} rows, and is otherwise one `topk`",
-        f"- search: the fused native search serves CPUs with {native.MIN_LANES}-lane float vectors or wider (here: "
-        f"{native.library().cnn2gnn_nearest_lanes() if native.available() else 0} lanes); the anchors forward runs "
-        "the eval fast path (models/fastpath.py) unless said otherwise",
+        f"- search: the native searches serve CPUs with {native.MIN_LANES}-lane float vectors or wider (here: "
+        f"{native.library().cnn2gnn_nearest_lanes() if native.available() else 0} lanes); the anchors policy's "
+        f"search (`TorchSearch`) takes the pruned one for banks of {TorchSearch.PRUNE_FROM:,} anchors or more where a "
+        f"calibration computes at most {TorchSearch.PRUNE_BELOW:.0%} of the distances, else the fused one; the "
+        "anchors forward runs the eval fast path (models/fastpath.py) unless said otherwise",
         "- every figure: the best of --repeats interleaved timings (each function timed once a round, in turn)",
     ]
     for threads in (int(t) for t in args.threads.split(",")):
