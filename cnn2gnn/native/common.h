@@ -1,10 +1,11 @@
-/* Shared by the native kernels (select.c, nearest.c): an ascending list of at most k (int32 key, column) pairs,
- * ordered by key then column, so that ties go to the lower column and the result is exact and deterministic; and each
- * OpenMP thread's part of one scratch allocation. */
+/* Shared by the native kernels (select.c, nearest.c, pruned.c): an ascending list of at most k (int32 key, column)
+ * pairs, ordered by key then column, so that ties go to the lower column and the result is exact and deterministic;
+ * the size of a thread team; and each OpenMP thread's part of one scratch allocation. */
 #ifndef CNN2GNN_COMMON_H
 #define CNN2GNN_COMMON_H
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -20,6 +21,25 @@ static inline void keep(int32_t *keys, int64_t *idx, int64_t k, int64_t *len, in
     }
     keys[p] = key;
     idx[p] = j;
+}
+
+/* the threads to share `units` of work among: at most `threads`, each given at least `least` units (a few are not
+ * worth waking a thread); 1 without OpenMP */
+static inline int team(int threads, int64_t units, int64_t least) {
+#ifdef _OPENMP
+    int64_t most = units / least;
+    return threads > most ? (most > 1 ? (int)most : 1) : threads;
+#else
+    (void)threads, (void)units, (void)least;
+    return 1;
+#endif
+}
+
+/* one scratch allocation holding `*each` bytes (rounded up here to whole cache lines) for each of `threads` threads;
+ * NULL when out of memory */
+static inline char *scratch(size_t *each, int threads) {
+    *each = (*each + 63) / 64 * 64;
+    return malloc(*each * (size_t)threads);
 }
 
 /* the calling thread's `each` bytes of `mem` (one block per thread of the parallel region) */

@@ -153,11 +153,7 @@ static void select_chunk(const int32_t *row, int64_t base, int64_t m, int64_t wi
 int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const float *psq, int64_t n, int64_t m,
                     int64_t d, int64_t k, float *out_d, int64_t *out_i, int threads) {
     int64_t mp = cnn2gnn_nearest_padded(m), tiles = (n + R - 1) / R;
-    int64_t most = tiles / 4; /* at least 4 tiles (16 queries) a thread */
-    if (threads > most) threads = most > 1 ? (int)most : 1;
-#ifndef _OPENMP
-    threads = 1;
-#endif
+    threads = team(threads, tiles, 4); /* at least 4 tiles (16 queries) a thread */
     /* the bank is read in chunks of about CHUNK floats (they stay in L2) by a group of up to GROUP tiles in turn, so a
      * large bank is streamed from memory once per group rather than once per tile */
     int64_t chunk = CHUNK / (d * 2 * L) * 2 * L;
@@ -167,8 +163,7 @@ int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const floa
     int64_t rows = group * R;
     size_t each = (size_t)(R * chunk + rows * k + k) * sizeof(int32_t) +
                   (size_t)(rows * k + k + rows) * sizeof(int64_t) + (size_t)rows * sizeof(float);
-    each = (each + 63) / 64 * 64; /* each thread's scratch starts on a cache line */
-    char *mem = malloc(each * (size_t)threads);
+    char *mem = scratch(&each, threads);
     if (!mem) return 1;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)

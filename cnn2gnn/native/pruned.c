@@ -97,13 +97,9 @@ int cnn2gnn_pruned(const float *q, int64_t ldq, const float *head, const float *
                    int64_t W, int64_t k, float *out_d, int64_t *out_i, int threads, int64_t *seen) {
     int64_t blocks = (m + L - 1) / L, padded = blocks * L, vecs = (k + L - 1) / L;
     if (k < 1 || k > m || vecs > MOST_VECS || P < 1 || P > MOST_HEAD) return 2;
-    if (threads > n / 16) threads = n >= 32 ? (int)(n / 16) : 1; /* at least 16 queries a thread */
-#ifndef _OPENMP
-    threads = 1;
-#endif
+    threads = team(threads, n, 16); /* at least 16 queries a thread */
     size_t each = (size_t)(padded + 2 * k) * sizeof(int32_t) + (size_t)(2 * k) * sizeof(int64_t);
-    each = (each + 63) / 64 * 64; /* each thread's scratch starts on a cache line */
-    char *mem = malloc(each * (size_t)threads);
+    char *mem = scratch(&each, threads);
     if (!mem) return 1;
     int64_t total = 0;
 #ifdef _OPENMP

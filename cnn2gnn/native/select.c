@@ -71,14 +71,10 @@ int cnn2gnn_select(const float *d, int64_t n, int64_t m, int64_t k, float *out_d
         blocks = 16;
         while (2 * blocks * blocks < m * k) blocks += 16;
     }
-    int64_t most = n / 16; /* at least 16 rows a thread: a few rows are not worth waking one */
-    if (threads > most) threads = most > 1 ? (int)most : 1;
-#ifndef _OPENMP
-    threads = 1;
-#endif
+    threads = team(threads, n, 16); /* at least 16 rows a thread */
     int64_t cap = m + 1; /* candidates: all entries at worst (a row of ties) */
     size_t each = (size_t)(k + cap) * sizeof(int64_t) + (size_t)(blocks + k + cap) * sizeof(int32_t);
-    char *mem = malloc(each * (size_t)threads);
+    char *mem = scratch(&each, threads);
     if (!mem) return 1;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
