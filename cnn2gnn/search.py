@@ -67,8 +67,9 @@ class TorchSearch:
     - :func:`cnn2gnn.native.nearest_pruned` where the bank varies mostly along a few axes, as a learned graph space
       does: a lower bound from its first principal axes rules most anchors out after a fraction of their distance.
       It is kept for banks of at least ``PRUNE_FROM`` anchors where, for queries between pairs of anchors (of at
-      most ``CALIBRATE_ON`` of them), it computes at most ``PRUNE_BELOW`` of the distances (docs/anchors_cost.md:
-      with fewer anchors, or more distances, the fused kernel was as fast or faster within the student's forward);
+      most ``CALIBRATE_ON`` of them), it computes at most ``PRUNE_BELOW`` of the distances (docs/pruned_search.md,
+      docs/anchors_cost.md: with fewer anchors, or more distances, the fused kernel was as fast or faster within the
+      student's forward);
     - else :func:`cnn2gnn.native.nearest`: distances and selection in one pass, the bank packed once;
 
     and :func:`topk_torch` on the bank's device otherwise. All are exact; their distances differ only by rounding. The
