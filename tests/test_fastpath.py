@@ -66,7 +66,7 @@ def test_the_fast_path_steps_aside_where_the_general_path_is_needed():
         assert fastpath.applies(model, x)  # back on after the block
 
 
-@pytest.mark.parametrize("kw", [{}, {"graph_space": "proj"}])
+@pytest.mark.parametrize("kw", [{}, {"graph_space": "proj"}, {"graph_space": "pixels"}])
 def test_without_the_native_kernels_the_fast_path_gives_the_same_logits(kw):
     model = student(**kw)
     x = torch.randn(37, *SHAPE, generator=torch.Generator().manual_seed(2))
@@ -78,3 +78,18 @@ def test_without_the_native_kernels_the_fast_path_gives_the_same_logits(kw):
     assert plain is not None
     torch.testing.assert_close(plain, fast, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(plain, general(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_fast_path_keeps_its_tables_with_the_bank_states_from_the_first_call():
+    """The stacked messages, biases and first-layer/graph-head weights are cached with the bank's states by the first
+    call (not by the second, as when the first call's states were not the cached dict), and go with them."""
+    model = student()
+    x = torch.randn(9, *SHAPE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model(x, graph="anchors")
+        tables = model.bank._cache
+        assert tables is not None and {"msg12", "bias12", "w1g"} <= set(tables)
+        model(x, graph="anchors")
+        assert model.bank._cache is tables
+    model.load_state_dict(model.state_dict())  # loaded weights: the cached states and tables are dropped
+    assert model.bank._cache is None

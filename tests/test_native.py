@@ -158,9 +158,10 @@ def torch_propagate(dist, positions, k, messages, bias):
 @needs_kernel
 @pytest.mark.parametrize("width", [2, 6, 11, 64])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_propagate_sums_the_weighted_messages_of_the_neighbours(width, threads):
+@pytest.mark.parametrize("w", [37, 150])  # under one vector chunk of columns; two chunks (of 32 or 64) and a tail
+def test_propagate_sums_the_weighted_messages_of_the_neighbours(width, threads, w):
     g = torch.Generator().manual_seed(width)
-    n, m, w = 70, 90, 37
+    n, m = 70, 90
     dist = torch.rand(n, width, generator=g)
     dist[3] = 0.5  # every candidate at the same distance: uniform weights
     dist[5] = torch.randint(0, 3, (width,), generator=g).float()  # ties
@@ -178,6 +179,35 @@ def test_propagate_sums_the_weighted_messages_of_the_neighbours(width, threads):
         torch.testing.assert_close(without.double(), torch_propagate(dist, positions, 4, messages, torch.zeros(w)))
     finally:
         torch.set_num_threads(saved)
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+def test_propagate_adds_a_base_to_the_first_columns_then_the_relu(threads):
+    """base: a strided view (the first columns of a wider product, as the fast path passes it), added after the bias
+    to its own width only; relu over its own width only, NaN kept."""
+    g = torch.Generator().manual_seed(1)
+    n, m, w = 50, 40, 150
+    dist, positions = torch.rand(n, 11, generator=g), torch.randint(0, m, (n, 11), generator=g)
+    messages, bias = torch.randn(m, w, generator=g), torch.randn(w, generator=g)
+    wide = torch.randn(n, 200, generator=g)
+    wide[4, 2] = float("nan")
+    base = wide[:, :130]  # row stride 200
+    ref = torch_propagate(dist, positions, 10, messages, bias)
+    ref[:, :130] += base.double()
+    ref[:, :90] = ref[:, :90].relu()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = native.propagate(dist, positions, 10, messages, bias, base=base, relu=90)
+    finally:
+        torch.set_num_threads(saved)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert out[4, 2].isnan() and (out[:, :90].nan_to_num() >= 0).all() and (out[:, 90:] < 0).any()
+    with pytest.raises(ValueError, match="base"):
+        native.propagate(dist, positions, 10, messages, bias, base=torch.zeros(n, w + 1))
+    with pytest.raises(ValueError, match="relu"):
+        native.propagate(dist, positions, 10, messages, bias, relu=w + 1)
 
 
 @needs_kernel

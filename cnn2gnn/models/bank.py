@@ -111,8 +111,8 @@ class AnchorBank(nn.Module):
             return self._cache
         states = dict(compute())
         states["v_sq"] = states["v"].pow(2).sum(dim=1)
-        if not self.training:
-            self._cache = {key: t.detach() for key, t in states.items()}
+        if not self.training:  # the cached dict itself: what a caller adds to it (models/fastpath.py) is kept
+            self._cache = states = {key: t.detach() for key, t in states.items()}
         return states
 
     def self_mask(self) -> Tensor:

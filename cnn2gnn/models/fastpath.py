@@ -12,9 +12,12 @@ otherwise: in training, with gradients, under autocast, when traced (compile, ex
 
 with the bank's cached messages :math:`\mathbf{M}_l` and :math:`\mathbf{P}` from the same search and closed-form
 weights as the general path, so the logits are the same to float rounding (tests/test_fastpath.py checks every
-configuration). Both layers' neighbour sums come from one gather over the two message tables side by side (cached
-with the bank's states), the sums in brackets enter the matrix products as their added term (one pass fewer each),
-and with ``graph_space=proj`` the first layer's own term is the graph-space projection already computed.
+configuration). Both layers' neighbour sums come from one pass of the native ``propagate`` kernel over the two message
+tables side by side (cached with the bank's states), which also adds the first layer's own term and applies the ReLU
+where that term is known before the search: with ``graph_space=head`` one product gives
+:math:`[\mathbf{X}\mathbf{W}_1^\top \mid \mathbf{X}\mathbf{W}_g^\top]` (the own term and the graph space), with
+``graph_space=proj`` the graph space is the own term. With ``pixels`` the sums enter the first layer's product as its
+added term.
 """
 
 from __future__ import annotations
@@ -63,6 +66,19 @@ def applies(model: nn.Module, x: Tensor) -> bool:
     )
 
 
+def _tables(model: nn.Module, bank: dict[str, Tensor]) -> None:
+    r"""Cache with the bank's states what every call reuses: both layers' messages side by side (one gather brings
+    each anchor's row once), their biases, and with ``graph_space=head`` the first layer's weight and the graph head's
+    stacked, :math:`[\mathbf{W}_1; \mathbf{W}_g]^\top`, so that one product gives the first layer's own term and the
+    graph space."""
+    lin1, lin2 = model.conv1.lin, model.conv2.lin
+    bank["msg12"] = torch.cat((bank["msg1"], bank["msg2"]), dim=1)
+    b1 = torch.zeros_like(lin1.bias) if model.cfg.graph_space == "proj" else lin1.bias  # proj: b1 is in v
+    bank["bias12"] = torch.cat((b1, lin2.bias)).detach()
+    if model.graph_head is not None:
+        bank["w1g"] = torch.cat((lin1.weight, model.graph_head.weight)).detach().t()
+
+
 def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     """Logits of a :class:`~cnn2gnn.models.gnn.GNNStudent` under the anchors policy, or ``None`` where the fast path
     does not apply (see the module's docstring). Shapes: x (n, D) or (n, C, H, W) -> (n, num_classes)."""
@@ -70,25 +86,29 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
         return None
     x = input_features(x, model.embed)  # the input dropout is the identity in eval mode
     bank = model._bank_states()
+    if "msg12" not in bank:
+        _tables(model, bank)
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     hidden = lin1.weight.shape[0]
-    v = model.space(x)  # proj: x W1 + b1, the first layer's own term
+    if "w1g" in bank:  # head: [x W1^T | x Wg^T] from one product
+        both = x @ bank["w1g"]
+        own, v = both[:, :hidden], both[:, hidden:]
+    else:  # proj: v = x W1^T + b1 is the first layer's own term; pixels: v = x, the own term comes later
+        v = model.space(x)
+        own = v if model.cfg.graph_space == "proj" else None
     dist, positions = model.bank.nearest(v, model.graph.k + 1, bank["v"], bank["v_sq"])
-    if "msg12" not in bank:  # both layers' messages side by side: one gather brings each anchor's row once
-        bank["msg12"] = torch.cat((bank["msg1"], bank["msg2"]), dim=1)
-        b1 = torch.zeros_like(lin1.bias) if model.cfg.graph_space == "proj" else lin1.bias  # proj: b1 is in v
-        bank["bias12"] = torch.cat((b1, lin2.bias)).detach()
-    both, bias = bank["msg12"], bank["bias12"]
-    summed = native.propagate(dist, positions, model.graph.k, both, bias)  # (n, hidden + classes), biases added
+    msg, bias = bank["msg12"], bank["bias12"]
+    relu = 0 if own is None else hidden
+    summed = native.propagate(dist, positions, model.graph.k, msg, bias, base=own, relu=relu)
     if summed is None:  # no kernels: the same sums from torch's operators
         weights, col = sparse_neighbours(dist, model.graph.k)
         index = positions.gather(1, col)
         n, k = index.shape
-        index, weights = index.reshape(-1), weights.reshape(-1).to(both.dtype)
+        index, weights = index.reshape(-1), weights.reshape(-1).to(msg.dtype)
         offsets = torch.arange(0, n * k, k, device=index.device)
-        summed = gather_sum(index, both, offsets, weights).add_(bias)
-    if model.cfg.graph_space == "proj":
-        h = summed[:, :hidden].add_(v).relu_()
-    else:
-        h = torch.addmm(summed[:, :hidden], x, lin1.weight.t()).relu_()
+        summed = gather_sum(index, msg, offsets, weights).add_(bias)
+        if own is not None:
+            summed[:, :hidden].add_(own).relu_()
+    # where the own term was known it is in the sums, the ReLU applied; else it enters the product now
+    h = summed[:, :hidden] if own is not None else torch.addmm(summed[:, :hidden], x, lin1.weight.t()).relu_()
     return torch.addmm(summed[:, hidden:], h, lin2.weight.t())

@@ -121,7 +121,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cnn2gnn_select.restype = ctypes.c_int
     lib.cnn2gnn_adaptive_weights.argtypes = [ptr, i64, i64, i64, ctypes.c_double, ptr, ptr]
     lib.cnn2gnn_adaptive_weights.restype = None
-    lib.cnn2gnn_propagate.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_double, ptr, i64, i64, ptr, ptr, ctypes.c_int]
+    propagate_args = [ptr, ptr, i64, i64, i64, ctypes.c_double, ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr]
+    lib.cnn2gnn_propagate.argtypes = [*propagate_args, ctypes.c_int]
     lib.cnn2gnn_propagate.restype = i64
     lib.cnn2gnn_nearest_lanes.argtypes = []
     lib.cnn2gnn_nearest_lanes.restype = ctypes.c_int
@@ -215,34 +216,56 @@ def adaptive_weights(dist: Tensor, k: int, eps: float) -> tuple[Tensor, Tensor] 
 
 
 def propagate(
-    dist: Tensor, positions: Tensor, k: int, messages: Tensor, bias: Tensor | None = None, eps: float = 1e-12
+    dist: Tensor,
+    positions: Tensor,
+    k: int,
+    messages: Tensor,
+    bias: Tensor | None = None,
+    eps: float = 1e-12,
+    *,
+    base: Tensor | None = None,
+    relu: int = 0,
 ) -> Tensor | None:
     r"""Row :math:`i`: :math:`\mathbf{b} + \sum_{l \le k'} p_{il}\, \mathbf{m}_{j_{il}}`, the weighted sum of the
     messages of query :math:`i`'s neighbours, with :math:`p_{il}` the weights :func:`adaptive_weights` gives over the
     row's ``K`` candidate distances (:math:`k' = \min(k, K - 1)`, as in :func:`cnn2gnn.graph.sparse_neighbours`),
     :math:`j_{il}` the ``positions`` of those candidates (rows of ``messages``), summed nearest first, and
-    :math:`\mathbf{b}` the ``bias`` (none by default). One pass: the weights never leave the cache. No gradient.
-    ``None`` when the kernels cannot serve the tensors (the caller takes the torch path), or for a single candidate.
+    :math:`\mathbf{b}` the ``bias`` (none by default). ``base`` (n, w') with w' <= w, if given, is then added to the
+    first w' columns, and the first ``relu`` columns go through ReLU: what a layer's own term and activation need, in
+    the same pass. One pass: the weights never leave the cache. No gradient. ``None`` when the kernels cannot serve
+    the tensors (the caller takes the torch path), or for a single candidate.
 
     Shapes:
-        dist, positions :math:`(n, K)`, :math:`2 \le K \le 64`; messages :math:`(m, w)`; bias :math:`(w,)`
-        -> :math:`(n, w)` float32
+        dist, positions :math:`(n, K)`, :math:`2 \le K \le 64`; messages :math:`(m, w)`; bias :math:`(w,)`;
+        base :math:`(n, w')` -> :math:`(n, w)` float32
     """
     lib = _kernels_for(dist)
     n, width = dist.shape
     if lib is None or not 2 <= width <= 64 or messages.dtype != torch.float32 or messages.device.type != "cpu":
         return None
-    if positions.shape != dist.shape or (bias is not None and bias.shape != messages.shape[1:]):
+    if base is not None and (base.dtype != torch.float32 or base.device.type != "cpu"):
+        return None
+    m, w = messages.shape
+    if (
+        positions.shape != dist.shape
+        or (bias is not None and bias.shape != messages.shape[1:])
+        or (base is not None and (base.dim() != 2 or len(base) != n or base.shape[1] > w))
+        or not 0 <= relu <= w
+    ):
         raise ValueError(
-            f"propagate: positions {tuple(positions.shape)} must have the shape of dist {tuple(dist.shape)} and bias "
-            f"{None if bias is None else tuple(bias.shape)} the width of messages {tuple(messages.shape)}"
+            f"propagate: positions {tuple(positions.shape)} must have the shape of dist {tuple(dist.shape)}, bias "
+            f"{None if bias is None else tuple(bias.shape)} and relu={relu} at most the width of messages "
+            f"{tuple(messages.shape)}, base {None if base is None else tuple(base.shape)} n rows of at most that width"
         )
     d, pos, msg = dist.detach().contiguous(), positions.to(torch.int64).contiguous(), messages.detach().contiguous()
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
-    out = torch.empty(n, msg.shape[1], dtype=torch.float32)
+    own = None if base is None else base.detach()
+    if own is not None and own.stride(1) != 1:
+        own = own.contiguous()
+    out = torch.empty(n, w, dtype=torch.float32)
     k = min(k, width - 1)
-    m, w = msg.shape
-    args = (n, width, k, eps, msg.data_ptr(), m, w, None if b is None else b.data_ptr(), out.data_ptr())
+    extra = (None, 0, 0) if own is None else (own.data_ptr(), own.stride(0), own.shape[1])
+    args = (n, width, k, eps, msg.data_ptr(), m, w, None if b is None else b.data_ptr(), *extra, relu, out.data_ptr())
     if lib.cnn2gnn_propagate(d.data_ptr(), pos.data_ptr(), *args, torch.get_num_threads()):
         raise IndexError(f"propagate: positions must lie in [0, {m}), the rows of messages")
     return out

@@ -1,6 +1,6 @@
-/* Shared by the native kernels (select.c, nearest.c, pruned.c): an ascending list of at most k (int32 key, column)
- * pairs, ordered by key then column, so that ties go to the lower column and the result is exact and deterministic;
- * the size of a thread team; and each OpenMP thread's part of one scratch allocation. */
+/* Shared by the native kernels (select.c, nearest.c, pruned.c, weights.c): an ascending list of at most k (int32
+ * key, column) pairs, ordered by key then column, so that ties go to the lower column and the result is exact and
+ * deterministic; the size of a thread team; and each OpenMP thread's part of one scratch allocation. */
 #ifndef CNN2GNN_COMMON_H
 #define CNN2GNN_COMMON_H
 #include <stddef.h>

@@ -1,5 +1,6 @@
-/* Shared by the search kernels (nearest.c, pruned.c): the vector width L of this build (16 float lanes with AVX-512,
- * 8 with AVX, 4 otherwise) and GCC vector types of that width, with loads that do not assume alignment. */
+/* Shared by the native kernels (nearest.c, pruned.c, weights.c): the vector width L of this build (16 float lanes
+ * with AVX-512, 8 with AVX, 4 otherwise) and GCC vector types of that width, with loads that do not assume
+ * alignment. */
 #ifndef CNN2GNN_VECTORS_H
 #define CNN2GNN_VECTORS_H
 #include <stdint.h>

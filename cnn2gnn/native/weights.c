@@ -12,6 +12,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common.h"
+#include "vectors.h"
+
 static inline int before(float a, int64_t ia, float b, int64_t ib) { /* a sorts before b: NaN last, ties by column */
     if (a != a) return 0;
     if (b != b) return 1;
@@ -52,33 +55,72 @@ void cnn2gnn_adaptive_weights(const float *dist, int64_t n, int64_t K, int64_t k
     for (int64_t i = 0; i < n; i++) row_weights(dist + i * K, K, k, eps, weight + i * k, col + i * k);
 }
 
-/* out_i = sum_l p_il messages[positions[i, c_il]] (+ bias), the p_il and c_il of row i's K candidate distances as
- * above: one row of `width` floats per query, summed nearest first; rows shared among OpenMP threads. Returns the
- * number of rows that named a position outside [0, m) (their sums are left at zero). */
+/* o = bias + sum_l a_l rows_l over `width` columns, each column summed nearest first (then the bias): CHUNK columns
+ * at a time in vector registers, so each neighbour's row is read once and the output written once */
+#define CHUNK (4 * L)
+static void weighted_sum(const float *const *rows, const float *a, int64_t k, int64_t width, const float *bias,
+                         float *o) {
+    int64_t t = 0;
+    for (; t + CHUNK <= width; t += CHUNK) {
+        vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+        for (int64_t l = 0; l < k; l++) {
+            const float *r = rows[l] + t;
+            const vf al = splat(a[l]);
+            s0 += al * load_f(r);
+            s1 += al * load_f(r + L);
+            s2 += al * load_f(r + 2 * L);
+            s3 += al * load_f(r + 3 * L);
+        }
+        if (bias) {
+            s0 += load_f(bias + t);
+            s1 += load_f(bias + t + L);
+            s2 += load_f(bias + t + 2 * L);
+            s3 += load_f(bias + t + 3 * L);
+        }
+        memcpy(o + t, &s0, sizeof s0);
+        memcpy(o + t + L, &s1, sizeof s1);
+        memcpy(o + t + 2 * L, &s2, sizeof s2);
+        memcpy(o + t + 3 * L, &s3, sizeof s3);
+    }
+    for (; t < width; t++) {
+        float s = 0.0f;
+        for (int64_t l = 0; l < k; l++) s += a[l] * rows[l][t];
+        o[t] = bias ? s + bias[t] : s;
+    }
+}
+
+/* out_i = sum_l p_il messages[positions[i, c_il]] (+ bias) (+ base_i on the first nbase columns), the p_il and c_il
+ * of row i's K candidate distances as above: one row of `width` floats per query, summed nearest first, then the
+ * bias, then base (row stride ldb); the first nrelu columns then go through max(0, .) (NaN kept, as torch.relu).
+ * Rows are shared among OpenMP threads. Returns the number of rows that named a position outside [0, m) (their
+ * outputs are left at zero). */
 int64_t cnn2gnn_propagate(const float *dist, const int64_t *positions, int64_t n, int64_t K, int64_t k, double eps,
-                          const float *messages, int64_t m, int64_t width, const float *bias, float *out,
-                          int threads) {
+                          const float *messages, int64_t m, int64_t width, const float *bias, const float *base,
+                          int64_t ldb, int64_t nbase, int64_t nrelu, float *out, int threads) {
     int64_t bad = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n >= 32) reduction(+ : bad)
+    const int team_size = team(threads, n, 32);
+#pragma omp parallel for num_threads(team_size) schedule(static) reduction(+ : bad)
     for (int64_t i = 0; i < n; i++) {
         float w[64];
         int64_t c[64];
+        const float *rows[64];
         row_weights(dist + i * K, K, k, eps, w, c);
-        float *o = out + i * width;
-        memset(o, 0, (size_t)width * sizeof(float));
         int64_t outside = 0;
-        for (int64_t l = 0; l < k; l++) outside += positions[i * K + c[l]] < 0 || positions[i * K + c[l]] >= m;
+        for (int64_t l = 0; l < k; l++) {
+            const int64_t j = positions[i * K + c[l]];
+            outside += j < 0 || j >= m;
+            rows[l] = messages + j * width;
+        }
         if (outside) {
+            memset(out + i * width, 0, (size_t)width * sizeof(float));
             bad++;
             continue;
         }
-        for (int64_t l = 0; l < k; l++) {
-            const float *row = messages + positions[i * K + c[l]] * width;
-            const float a = w[l];
-            for (int64_t t = 0; t < width; t++) o[t] += a * row[t];
-        }
-        if (bias)
-            for (int64_t t = 0; t < width; t++) o[t] += bias[t];
+        float *o = out + i * width;
+        weighted_sum(rows, w, k, width, bias, o);
+        if (base)
+            for (int64_t t = 0; t < nbase; t++) o[t] += base[i * ldb + t];
+        for (int64_t t = 0; t < nrelu; t++) o[t] = o[t] < 0.0f ? 0.0f : o[t];
     }
     return bad;
 }
