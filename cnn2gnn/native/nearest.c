@@ -92,30 +92,6 @@ static void distances(const float *const *q, const float *qsq, const float *pack
     }
 }
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-/* the k-th smallest of the L lanes of x (1 <= k <= L) without branches: lane i counts the lanes <= it (L rotations);
- * the k-th smallest value is the least lane whose count reaches k (a smaller lane has fewer than k lanes <= it) */
-static inline int32_t kth_lane(vi x, int64_t k) {
-    vi count = splat_i(0), iota;
-    for (int l = 0; l < L; l++) iota[l] = l;
-    for (int r = 0; r < L; r++) {
-        vi at = (iota + r) & (L - 1), turned;
-#if defined(__AVX512F__)
-        __m512i v = _mm512_permutexvar_epi32((__m512i)at, (__m512i)x);
-#else
-        __m256i v = _mm256_permutevar8x32_epi32((__m256i)x, (__m256i)at);
-#endif
-        memcpy(&turned, &v, sizeof turned);
-        count -= turned <= x; /* a true comparison is -1 */
-    }
-    vi reached = count >= splat_i((int32_t)k);
-    vi least = (x & reached) | (splat_i(INT32_MAX) & ~reached);
-    int32_t out = INT32_MAX;
-    for (int l = 0; l < L; l++) out = least[l] < out ? least[l] : out;
-    return out;
-}
-#endif
-
 /* merge the entries of one chunk of a row's keys (width entries, the bank's columns base..base + width - 1, of which
  * those >= m are padding) into the row's running list keys/idx of *len (at most k): only the entries <= tau are
  * offered, tau being the list's k-th key once it is full and the chunk's own bound (the k-th smallest of its group

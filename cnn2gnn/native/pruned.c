@@ -30,6 +30,7 @@
 
 #define MOST_HEAD 16 /* P <= MOST_HEAD */
 #define MOST_VECS 8  /* k <= MOST_VECS L: the groups' minima fill at most MOST_VECS vectors */
+#define BLOCKS 4     /* blocks of L anchors whose bounds are computed together */
 
 /* the key of a distance x >= +0 or NaN: its bits, which order as the values do; NaN -> INT32_MAX */
 static inline int32_t key_of_distance(float x) {
@@ -128,21 +129,32 @@ int cnn2gnn_pruned(const float *q, int64_t ldq, const float *head, const float *
             vi mins[MOST_VECS];
             for (int64_t t = 0; t < P; t++) qh[t] = splat(qi[t]);
             for (int64_t v = 0; v < vecs; v++) mins[v] = splat_i(INT32_MAX);
-            for (int64_t b = 0, g = 0; b < blocks; b++, g = g + 1 == vecs ? 0 : g + 1) { /* 1. (g: b mod vecs) */
-                const float *h = head + b * P * L;
-                vf acc = splat(0.0f);
-                for (int64_t t = 0; t < P; t++) {
-                    vf x = qh[t] - load_f(h + t * L);
-                    acc += x * x;
+            for (int64_t b = 0, g = 0; b < blocks; b += BLOCKS) { /* 1. (g: the block's position mod vecs) */
+                vf acc[BLOCKS] = {splat(0.0f)}; /* BLOCKS independent sums: their FMAs overlap */
+                int64_t now = blocks - b < BLOCKS ? blocks - b : BLOCKS;
+                for (int64_t t = 0; t < P; t++)
+                    for (int u = 0; u < BLOCKS; u++) {
+                        vf x = qh[t] - load_f(head + ((b + (u < now ? u : 0)) * P + t) * L);
+                        acc[u] += x * x;
+                    }
+                for (int u = 0; u < now; u++, g = g + 1 == vecs ? 0 : g + 1) {
+                    vi key = (vi)acc[u], lt = key < mins[g]; /* finite or +inf, never -0: bits order as values */
+                    mins[g] = (key & lt) | (mins[g] & ~lt);
+                    memcpy(lb + (b + u) * L, &key, sizeof key);
                 }
-                vi key = (vi)acc, lt = key < mins[g]; /* finite or +inf, never -0: the bits order as the values */
-                mins[g] = (key & lt) | (mins[g] & ~lt);
-                memcpy(lb + b * L, &key, sizeof key);
             }
-            int64_t found = 0; /* 2. tau0 (at least k groups hold an anchor: k <= m) */
-            for (int64_t v = 0; v < vecs; v++)
-                for (int l = 0; l < L; l++) keep(tk, ti, k, &found, mins[v][l], v * L + l);
-            int32_t tau0 = tk[k - 1];
+            int32_t tau0; /* 2. the k-th smallest minimum (at least k groups hold an anchor: k <= m) */
+#if defined(__AVX512F__) || defined(__AVX2__)
+            if (vecs == 1)
+                tau0 = kth_lane(mins[0], k);
+            else
+#endif
+            {
+                int64_t found = 0;
+                for (int64_t v = 0; v < vecs; v++)
+                    for (int l = 0; l < L; l++) keep(tk, ti, k, &found, mins[v][l], v * L + l);
+                tau0 = tk[k - 1];
+            }
             scan(lb, m, padded, -1, tau0, qt, tail, W, k, keys, idx, &len, &count);          /* the list fills */
             scan(lb, m, padded, tau0, INT32_MAX, qt, tail, W, k, keys, idx, &len, &count); /* 3. */
         }
