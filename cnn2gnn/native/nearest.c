@@ -95,9 +95,10 @@ static void distances(const float *const *q, const float *qsq, const float *pack
 /* merge the entries of one chunk of a row's keys (width entries, the bank's columns base..base + width - 1, of which
  * those >= m are padding) into the row's running list keys/idx of *len (at most k): only the entries <= tau are
  * offered, tau being the list's k-th key once it is full and the chunk's own bound (the k-th smallest of its group
- * minima: the chunk holds k entries <= it, so a larger entry is not among the k nearest); tk/ti: room for k */
+ * minima: the chunk holds k entries <= it, so a larger entry is not among the k nearest); tk/ti: room for k; cand:
+ * room for 2 width */
 static void select_chunk(const int32_t *row, int64_t base, int64_t m, int64_t width, int64_t k, int32_t *keys,
-                         int64_t *idx, int64_t *len, int32_t *tk, int64_t *ti) {
+                         int64_t *idx, int64_t *len, int32_t *tk, int64_t *ti, int32_t *cand) {
     int64_t groups = (k + L - 1) / L * L;
     int32_t tau = *len == k ? keys[k - 1] : INT32_MAX;
     if (groups <= MOST_GROUPS && width >= 2 * groups) { /* entries past the last whole stride belong to no group */
@@ -133,15 +134,20 @@ static void select_chunk(const int32_t *row, int64_t base, int64_t m, int64_t wi
         if (bound < tau) tau = bound;
     }
 #if defined(__AVX512F__)
-    __m512i t = _mm512_set1_epi32(tau);
-    for (int64_t j = 0; j < width; j += L) {
-        __mmask16 bits = _mm512_cmple_epi32_mask(_mm512_loadu_si512((const void *)(row + j)), t);
-        for (; bits; bits &= bits - 1) {
-            int64_t at = j + __builtin_ctz(bits);
-            if (base + at < m) keep(keys, idx, k, len, row[at], base + at);
-        }
+    /* the entries <= tau and their columns packed together first (a loop without branches), then merged */
+    __m512i t = _mm512_set1_epi32(tau), col = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int32_t *at = cand + width; /* the candidates' keys in cand, their columns in at, in column order */
+    int64_t found = 0;
+    for (int64_t j = 0; j < width; j += L, col = _mm512_add_epi32(col, _mm512_set1_epi32(L))) {
+        __m512i x = _mm512_loadu_si512((const void *)(row + j));
+        __mmask16 bits = _mm512_cmple_epi32_mask(x, t);
+        _mm512_mask_compressstoreu_epi32(cand + found, bits, x);
+        _mm512_mask_compressstoreu_epi32(at + found, bits, col);
+        found += __builtin_popcount(bits);
     }
+    for (int64_t c = 0; c < found && base + at[c] < m; c++) keep(keys, idx, k, len, cand[c], base + at[c]);
 #elif defined(__AVX2__)
+    (void)cand;
     __m256i t = _mm256_set1_epi32(tau);
     for (int64_t j = 0; j < width; j += 8) { /* row <= tau: not (row > tau) */
         __m256i gt = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(row + j)), t);
@@ -152,6 +158,7 @@ static void select_chunk(const int32_t *row, int64_t base, int64_t m, int64_t wi
         }
     }
 #else
+    (void)cand;
     for (int64_t j = 0; j < width && base + j < m; j++)
         if (row[j] <= tau) keep(keys, idx, k, len, row[j], base + j);
 #endif
@@ -170,7 +177,7 @@ int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const floa
     int64_t per = (tiles + threads - 1) / threads, group = per < GROUP ? per : GROUP;
     int64_t groups = (tiles + group - 1) / group;
     int64_t rows = group * R;
-    size_t each = (size_t)(R * chunk + rows * k + k) * sizeof(int32_t) +
+    size_t each = (size_t)(R * chunk + 2 * chunk + rows * k + k) * sizeof(int32_t) +
                   (size_t)(rows * k + k + rows) * sizeof(int64_t) + (size_t)rows * sizeof(float);
     char *mem = scratch(&each, threads);
     if (!mem) return 1;
@@ -181,7 +188,7 @@ int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const floa
         char *mine = thread_scratch(mem, each);
         int64_t *idx = (int64_t *)mine, *ti = idx + rows * k, *len = ti + k;
         float *qsq = (float *)(len + rows);
-        int32_t *keys = (int32_t *)(qsq + rows), *tk = keys + rows * k, *buf = tk + k;
+        int32_t *keys = (int32_t *)(qsq + rows), *tk = keys + rows * k, *buf = tk + k, *cand = buf + R * chunk;
         int64_t first = g * group * R, count = (g + 1) * group * R < n ? group * R : n - first;
         for (int64_t r = 0; r < count; r++) {
             const float *row = q + (first + r) * ldq;
@@ -203,7 +210,7 @@ int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const floa
                 distances(tile, tile_sq, packed + base * d, psq + base, width, d, buf);
                 for (int r = 0; r < R && t + r < count; r++)
                     select_chunk(buf + r * width, base, m, width, k, keys + (t + r) * k, idx + (t + r) * k,
-                                 &len[t + r], tk, ti);
+                                 &len[t + r], tk, ti, cand);
             }
         }
         for (int64_t r = 0; r < count; r++)

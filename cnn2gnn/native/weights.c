@@ -98,8 +98,8 @@ int64_t cnn2gnn_propagate(const float *dist, const int64_t *positions, int64_t n
                           const float *messages, int64_t m, int64_t width, const float *bias, const float *base,
                           int64_t ldb, int64_t nbase, int64_t nrelu, float *out, int threads) {
     int64_t bad = 0;
-    const int team_size = team(threads, n, 32);
-#pragma omp parallel for num_threads(team_size) schedule(static) reduction(+ : bad)
+    (void)threads; /* unused without OpenMP */
+#pragma omp parallel for num_threads(team(threads, n, 32)) schedule(static) reduction(+ : bad)
     for (int64_t i = 0; i < n; i++) {
         float w[64];
         int64_t c[64];
