@@ -31,6 +31,7 @@
 #define MOST_HEAD 16 /* P <= MOST_HEAD */
 #define MOST_VECS 8  /* k <= MOST_VECS L: the groups' minima fill at most MOST_VECS vectors */
 #define BLOCKS 4     /* blocks of L anchors whose bounds are computed together */
+#define BATCH 64     /* anchors whose full distances are computed together */
 
 /* the key of a distance x >= +0 or NaN: its bits, which order as the values do; NaN -> INT32_MAX */
 static inline int32_t key_of_distance(float x) {
@@ -62,16 +63,25 @@ static inline float full_distance(float lb, const float *qt, const float *tail, 
 #endif
 }
 
-/* offer every anchor j < m with lo < lb_j <= cap and lb_j <= the list's k-th key once it is full */
+/* offer every anchor j < m with lo < lb_j <= cap and lb_j <= the list's k-th key once it is full: the anchors that
+ * pass are collected BATCH at a time, their full distances computed together (independent loads of their tails,
+ * which overlap), then offered in position order; the list's k-th key bounds the next batch */
 static void scan(const int32_t *lb, int64_t m, int64_t padded, int32_t lo, int32_t cap, const float *qt,
                  const float *tail, int64_t W, int64_t k, int32_t *keys, int64_t *idx, int64_t *len, int64_t *seen) {
+    int32_t at[BATCH + L], got[BATCH + L]; /* room for one more vector's worth past a full batch */
+    int64_t found = 0;
+    int32_t hi = *len == k && keys[k - 1] < cap ? keys[k - 1] : cap;
     for (int64_t j0 = 0; j0 < padded; j0 += L) {
-        int32_t hi = *len == k && keys[k - 1] < cap ? keys[k - 1] : cap;
 #if defined(__AVX512F__)
         __m512i x = _mm512_loadu_si512((const void *)(lb + j0));
         __mmask16 bits = _mm512_cmple_epi32_mask(x, _mm512_set1_epi32(hi)) &
                          _mm512_cmpgt_epi32_mask(x, _mm512_set1_epi32(lo));
-#elif defined(__AVX2__)
+        __m512i cols = _mm512_add_epi32(_mm512_set1_epi32((int32_t)j0),
+                                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+        _mm512_mask_compressstoreu_epi32(at + found, bits, cols);
+        found += __builtin_popcount(bits);
+#else
+#if defined(__AVX2__)
         __m256i x = _mm256_loadu_si256((const __m256i *)(lb + j0));
         __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(x, _mm256_set1_epi32(hi)),
                                       _mm256_cmpgt_epi32(_mm256_set1_epi32(lo + 1), x)); /* x > hi or x <= lo */
@@ -80,12 +90,16 @@ static void scan(const int32_t *lb, int64_t m, int64_t padded, int32_t lo, int32
         unsigned bits = 0;
         for (int l = 0; l < L; l++) bits |= (unsigned)(lb[j0 + l] > lo && lb[j0 + l] <= hi) << l;
 #endif
-        for (; bits; bits &= bits - 1) {
-            int64_t j = j0 + __builtin_ctz(bits);
-            if (j >= m) break;
-            (*seen)++;
-            keep(keys, idx, k, len, key_of_distance(full_distance(distance_of_key(lb[j]), qt, tail, W, j)), j);
-        }
+        for (; bits; bits &= bits - 1) at[found++] = (int32_t)(j0 + __builtin_ctz(bits));
+#endif
+        if (found < BATCH && j0 + L < padded) continue;
+        while (found && at[found - 1] >= m) found--; /* padding (+inf bounds) sorts after every anchor */
+        for (int64_t c = 0; c < found; c++)
+            got[c] = key_of_distance(full_distance(distance_of_key(lb[at[c]]), qt, tail, W, at[c]));
+        for (int64_t c = 0; c < found; c++) keep(keys, idx, k, len, got[c], at[c]);
+        *seen += found;
+        found = 0;
+        hi = *len == k && keys[k - 1] < cap ? keys[k - 1] : cap;
     }
 }
 
