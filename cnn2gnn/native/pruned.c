@@ -9,8 +9,9 @@
  *
  * in floating point too (adding a non-negative tail never lowers a float). So an anchor with lb(a) > tau, tau being
  * the distance of the k-th nearest of any k anchors, is not among the k nearest, and its tail is never read:
- *   1. lb of every anchor (P multiply-adds per anchor, vectorised over blocks of L anchors), and the minimum of each
- *      of G >= k groups of anchors (group: the block's position modulo G / L and the lane);
+ *   1. lb of every anchor (P multiply-adds per anchor, vectorised over blocks of L anchors, for R queries at a time so
+ *      that the bank's head is read once per R queries), and the minimum of each of G >= k groups of anchors (group:
+ *      the block's position modulo G / L and the lane);
  *   2. tau0, the k-th smallest of the G minima: at least k anchors have lb <= tau0. Their full distances make the
  *      running list of the k nearest, whose k-th distance tau bounds the answer;
  *   3. the anchors with tau0 < lb <= tau (tau falling as the list improves) complete the list.
@@ -30,7 +31,7 @@
 
 #define MOST_HEAD 16 /* P <= MOST_HEAD */
 #define MOST_VECS 8  /* k <= MOST_VECS L: the groups' minima fill at most MOST_VECS vectors */
-#define BLOCKS 4     /* blocks of L anchors whose bounds are computed together */
+#define R 4          /* queries whose bounds are computed together (each vector of the head read once for them) */
 #define BATCH 64     /* anchors whose full distances are computed together */
 
 /* the key of a distance x >= +0 or NaN: its bits, which order as the values do; NaN -> INT32_MAX */
@@ -103,6 +104,34 @@ static void scan(const int32_t *lb, int64_t m, int64_t padded, int32_t lo, int32
     }
 }
 
+/* 1. the bounds of R queries (rows: their first P coordinates) to every anchor, as keys, into lb (R rows of padded),
+ * and each query's group minima (group: the block's position modulo vecs, and the lane); two blocks at a time, each
+ * vector of the head read once for the R queries */
+static void bounds(const float *const *rows, const float *head, int64_t blocks, int64_t P, int64_t vecs,
+                   int64_t padded, int32_t *lb, vi mins[R][MOST_VECS]) {
+    for (int r = 0; r < R; r++)
+        for (int64_t v = 0; v < vecs; v++) mins[r][v] = splat_i(INT32_MAX);
+    for (int64_t b = 0, g = 0; b < blocks; b += 2) {
+        int64_t b1 = b + 1 < blocks ? b + 1 : b; /* a last odd block is computed twice and kept once */
+        vf acc[R][2];
+        for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = splat(0.0f);
+        for (int64_t t = 0; t < P; t++) {
+            vf h0 = load_f(head + (b * P + t) * L), h1 = load_f(head + (b1 * P + t) * L);
+            for (int r = 0; r < R; r++) {
+                vf s = splat(rows[r][t]), x0 = s - h0, x1 = s - h1;
+                acc[r][0] += x0 * x0;
+                acc[r][1] += x1 * x1;
+            }
+        }
+        for (int u = 0; u < 1 + (b1 > b); u++, g = g + 1 == vecs ? 0 : g + 1)
+            for (int r = 0; r < R; r++) {
+                vi key = (vi)acc[r][u], lt = key < mins[r][g]; /* finite or +inf, never -0: bits order as values */
+                mins[r][g] = (key & lt) | (mins[r][g] & ~lt);
+                memcpy(lb + r * padded + (b + u) * L, &key, sizeof key);
+            }
+    }
+}
+
 /* q: (n, P + W) in the bank's axes (row stride ldq; zeros past the bank's dimension); head: the first P coordinates
  * of the m anchors in blocks of L, dimension-major (anchor b L + l's coordinate t at (b P + t) L + l, +inf past m);
  * tail: (m, W) the others, row-major, W a multiple of L. out_d, out_i: (n, k), squared distances ascending and their
@@ -110,72 +139,63 @@ static void scan(const int32_t *lb, int64_t m, int64_t padded, int32_t lo, int32
  * 1 <= k <= m, k <= MOST_VECS L and 1 <= P <= MOST_HEAD. */
 int cnn2gnn_pruned(const float *q, int64_t ldq, const float *head, const float *tail, int64_t n, int64_t m, int64_t P,
                    int64_t W, int64_t k, float *out_d, int64_t *out_i, int threads, int64_t *seen) {
-    int64_t blocks = (m + L - 1) / L, padded = blocks * L, vecs = (k + L - 1) / L;
+    int64_t blocks = (m + L - 1) / L, padded = blocks * L, vecs = (k + L - 1) / L, tiles = (n + R - 1) / R;
     if (k < 1 || k > m || vecs > MOST_VECS || P < 1 || P > MOST_HEAD) return 2;
-    threads = team(threads, n, 16); /* at least 16 queries a thread */
-    size_t each = (size_t)(padded + 2 * k) * sizeof(int32_t) + (size_t)(2 * k) * sizeof(int64_t);
+    threads = team(threads, tiles, 4); /* at least 4 tiles (16 queries) a thread */
+    size_t each = (size_t)(R * padded + 2 * k) * sizeof(int32_t) + (size_t)(2 * k) * sizeof(int64_t);
     char *mem = scratch(&each, threads);
     if (!mem) return 1;
     int64_t total = 0;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : total)
 #endif
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t tile = 0; tile < tiles; tile++) {
         char *mine = thread_scratch(mem, each);
         int64_t *idx = (int64_t *)mine, *ti = idx + k;
         int32_t *keys = (int32_t *)(ti + k), *tk = keys + k, *lb = tk + k;
-        const float *qi = q + i * ldq, *qt = qi + P;
-        int finite = 1;
-        for (int64_t t = 0; t < P + W; t++) finite &= qi[t] - qi[t] == 0.0f; /* false for inf and NaN */
-        int64_t len = 0, count = 0;
-        if (!finite) { /* every anchor, its head part from the packed blocks */
-            for (int64_t j = 0; j < m; j++) {
-                float s = 0.0f;
-                for (int64_t t = 0; t < P; t++) {
-                    float x = qi[t] - head[((j / L) * P + t) * L + j % L];
-                    s += x * x;
-                }
-                keep(keys, idx, k, &len, key_of_distance(full_distance(s, qt, tail, W, j)), j);
-            }
-            count = m;
-        } else {
-            vf qh[MOST_HEAD];
-            vi mins[MOST_VECS];
-            for (int64_t t = 0; t < P; t++) qh[t] = splat(qi[t]);
-            for (int64_t v = 0; v < vecs; v++) mins[v] = splat_i(INT32_MAX);
-            for (int64_t b = 0, g = 0; b < blocks; b += BLOCKS) { /* 1. (g: the block's position mod vecs) */
-                vf acc[BLOCKS] = {splat(0.0f)}; /* BLOCKS independent sums: their FMAs overlap */
-                int64_t now = blocks - b < BLOCKS ? blocks - b : BLOCKS;
-                for (int64_t t = 0; t < P; t++)
-                    for (int u = 0; u < BLOCKS; u++) {
-                        vf x = qh[t] - load_f(head + ((b + (u < now ? u : 0)) * P + t) * L);
-                        acc[u] += x * x;
+        const float *rows[R];
+        for (int r = 0; r < R; r++) /* a last tile of fewer queries repeats its last one */
+            rows[r] = q + (tile * R + r < n ? tile * R + r : n - 1) * ldq;
+        vi mins[R][MOST_VECS];
+        bounds(rows, head, blocks, P, vecs, padded, lb, mins);
+        for (int r = 0; r < R && tile * R + r < n; r++) {
+            const int64_t i = tile * R + r;
+            const float *qi = rows[r], *qt = qi + P;
+            int finite = 1;
+            for (int64_t t = 0; t < P + W; t++) finite &= qi[t] - qi[t] == 0.0f; /* false for inf and NaN */
+            int64_t len = 0, count = 0;
+            if (!finite) { /* every anchor, its head part from the packed blocks */
+                for (int64_t j = 0; j < m; j++) {
+                    float s = 0.0f;
+                    for (int64_t t = 0; t < P; t++) {
+                        float x = qi[t] - head[((j / L) * P + t) * L + j % L];
+                        s += x * x;
                     }
-                for (int u = 0; u < now; u++, g = g + 1 == vecs ? 0 : g + 1) {
-                    vi key = (vi)acc[u], lt = key < mins[g]; /* finite or +inf, never -0: bits order as values */
-                    mins[g] = (key & lt) | (mins[g] & ~lt);
-                    memcpy(lb + (b + u) * L, &key, sizeof key);
+                    keep(keys, idx, k, &len, key_of_distance(full_distance(s, qt, tail, W, j)), j);
                 }
-            }
-            int32_t tau0; /* 2. the k-th smallest minimum (at least k groups hold an anchor: k <= m) */
+                count = m;
+            } else {
+                int32_t tau0; /* 2. the k-th smallest minimum (at least k groups hold an anchor: k <= m) */
 #if defined(__AVX512F__) || defined(__AVX2__)
-            if (vecs == 1)
-                tau0 = kth_lane(mins[0], k);
-            else
+                if (vecs == 1)
+                    tau0 = kth_lane(mins[r][0], k);
+                else
 #endif
-            {
-                int64_t found = 0;
-                for (int64_t v = 0; v < vecs; v++)
-                    for (int l = 0; l < L; l++) keep(tk, ti, k, &found, mins[v][l], v * L + l);
-                tau0 = tk[k - 1];
+                {
+                    int64_t found = 0;
+                    for (int64_t v = 0; v < vecs; v++)
+                        for (int l = 0; l < L; l++) keep(tk, ti, k, &found, mins[r][v][l], v * L + l);
+                    tau0 = tk[k - 1];
+                }
+                const int32_t *own = lb + r * padded;
+                scan(own, m, padded, -1, tau0, qt, tail, W, k, keys, idx, &len, &count);          /* the list fills */
+                scan(own, m, padded, tau0, INT32_MAX, qt, tail, W, k, keys, idx, &len, &count); /* 3. */
             }
-            scan(lb, m, padded, -1, tau0, qt, tail, W, k, keys, idx, &len, &count);          /* the list fills */
-            scan(lb, m, padded, tau0, INT32_MAX, qt, tail, W, k, keys, idx, &len, &count); /* 3. */
-        }
-        total += count;
-        for (int64_t l = 0; l < k; l++) {
-            out_d[i * k + l] = distance_of_key(keys[l]);
-            out_i[i * k + l] = idx[l];
+            total += count;
+            for (int64_t l = 0; l < k; l++) {
+                out_d[i * k + l] = distance_of_key(keys[l]);
+                out_i[i * k + l] = idx[l];
+            }
         }
     }
     free(mem);
