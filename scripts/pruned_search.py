@@ -6,8 +6,8 @@ trained student's learned graph space:
 2. the search alone (256 test queries, one bank of the student's size) for several P, against the fused search;
 3. the student's forward pass at batch 256 with the bank replaced by m stratified training images, the pruned search
    forced against the fused one, on one and two threads (what ``TorchSearch.PRUNE_FROM`` rests on);
-4. each stage of the forward (graph head, search, weights and sums, the two layers) timed alone and inside the
-   forward, median of many calls (why a stage costs more in place than alone).
+4. each stage of the forward (the first layer's and the graph head's product, the search, the weights and sums, the
+   second layer) timed alone and inside the forward, median of many calls (why a stage costs more in place).
 
     python scripts/pruned_search.py --model runs/bench-quick/runs/cnn2gnn-197028aa38-s0 --out docs/pruned_search.md
 """
@@ -121,24 +121,25 @@ def forward_rows(path: str, meta, bundle, x: torch.Tensor, sizes: list[int], thr
 
 
 def stage_rows(model, x: torch.Tensor, threads: list[int], calls: int) -> list[str]:
-    """Each stage of the anchors fast path alone and inside the forward (median seconds of ``calls`` calls)."""
+    """Each stage of the anchors fast path (models/fastpath.py, ``graph_space=head``) alone and inside the forward
+    (median seconds of ``calls`` calls)."""
     xf = input_features(x, model.embed)
+    model(x, graph="anchors")  # builds the fast path's tables with the bank's states
     bank = model._bank_states()
-    if "msg12" not in bank:
-        model(x, graph="anchors")
-        bank = model._bank_states()
+    if "w1g" not in bank:
+        raise SystemExit("pruned_search.py: the stage table follows the fast path of a student with graph_space=head")
     search, k = model.bank._index[1], model.graph.k
-    w1, w2, hidden = model.conv1.lin.weight.t(), model.conv2.lin.weight.t(), model.conv1.lin.weight.shape[0]
-    v = model.space(xf)
+    w2, hidden = model.conv2.lin.weight.t(), model.conv1.lin.weight.shape[0]
+    msg, bias, w1g = bank["msg12"], bank["bias12"], bank["w1g"]
+    both = xf @ w1g
+    own, v = both[:, :hidden], both[:, hidden:]
     dist, pos = search(v, k + 1)
-    summed = native.propagate(dist, pos, k, bank["msg12"], bank["bias12"])
-    h = torch.addmm(summed[:, :hidden], xf, w1).relu_()
+    summed = native.propagate(dist, pos, k, msg, bias, base=own, relu=hidden)
     stages = {
-        "graph head": lambda: model.space(xf),
+        "first layer and graph head (one product)": lambda: xf @ w1g,
         "search": lambda: search(v, k + 1),
-        "weights and sums": lambda: native.propagate(dist, pos, k, bank["msg12"], bank["bias12"]),
-        "first layer": lambda: torch.addmm(summed[:, :hidden], xf, w1).relu_(),
-        "second layer": lambda: torch.addmm(summed[:, hidden:], h, w2),
+        "weights, sums, own term, ReLU": lambda: native.propagate(dist, pos, k, msg, bias, base=own, relu=hidden),
+        "second layer": lambda: torch.addmm(summed[:, hidden:], summed[:, :hidden], w2),
     }
     rows = ["| threads | stage | alone (ms) | inside the forward (ms) |", "|---|---|---|---|"]
     for n in threads:
@@ -154,19 +155,17 @@ def stage_rows(model, x: torch.Tensor, threads: list[int], calls: int) -> list[s
         inside = {name: [] for name in [*stages, "whole forward"]}
         for _ in range(calls):
             t0 = time.perf_counter()
-            vv = model.space(xf)
+            b = xf @ w1g
             t1 = time.perf_counter()
-            d, p = search(vv, k + 1)
+            d, p = search(b[:, hidden:], k + 1)
             t2 = time.perf_counter()
-            s = native.propagate(d, p, k, bank["msg12"], bank["bias12"])
+            s = native.propagate(d, p, k, msg, bias, base=b[:, :hidden], relu=hidden)
             t3 = time.perf_counter()
-            hh = torch.addmm(s[:, :hidden], xf, w1).relu_()
+            torch.addmm(s[:, hidden:], s[:, :hidden], w2)
             t4 = time.perf_counter()
-            torch.addmm(s[:, hidden:], hh, w2)
-            t5 = time.perf_counter()
-            spans = zip([*stages, "whole forward"], [t0, t1, t2, t3, t4, t0], [t1, t2, t3, t4, t5, t5], strict=True)
-            for name, a, b in spans:
-                inside[name].append(b - a)
+            spans = zip([*stages, "whole forward"], [t0, t1, t2, t3, t0], [t1, t2, t3, t4, t4], strict=True)
+            for name, a, z in spans:
+                inside[name].append(z - a)
         for name in [*stages, "whole forward"]:
             alone_ms = f"{1e3 * alone[name]:.3f}" if name in alone else f"{1e3 * sum(alone.values()):.3f} (sum)"
             rows.append(f"| {n} | {name} | {alone_ms} | {1e3 * statistics.median(inside[name]):.3f} |")
