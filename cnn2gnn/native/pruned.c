@@ -31,7 +31,13 @@
 
 #define MOST_HEAD 16 /* P <= MOST_HEAD */
 #define MOST_VECS 8  /* k <= MOST_VECS L: the groups' minima fill at most MOST_VECS vectors */
-#define R 4          /* queries whose bounds are computed together (each vector of the head read once for them) */
+/* R: queries whose bounds are computed together, each vector of the head read once for them (2 R accumulators: 8
+ * queries with AVX-512's 32 vector registers, 4 with 16) */
+#if defined(__AVX512F__)
+#define R 8
+#else
+#define R 4
+#endif
 #define BATCH 64     /* anchors whose full distances are computed together */
 
 /* the key of a distance x >= +0 or NaN: its bits, which order as the values do; NaN -> INT32_MAX */
@@ -141,7 +147,7 @@ int cnn2gnn_pruned(const float *q, int64_t ldq, const float *head, const float *
                    int64_t W, int64_t k, float *out_d, int64_t *out_i, int threads, int64_t *seen) {
     int64_t blocks = (m + L - 1) / L, padded = blocks * L, vecs = (k + L - 1) / L, tiles = (n + R - 1) / R;
     if (k < 1 || k > m || vecs > MOST_VECS || P < 1 || P > MOST_HEAD) return 2;
-    threads = team(threads, tiles, 4); /* at least 4 tiles (16 queries) a thread */
+    threads = team(threads, tiles, 16 / R); /* at least 16 queries a thread */
     size_t each = (size_t)(R * padded + 2 * k) * sizeof(int32_t) + (size_t)(2 * k) * sizeof(int64_t);
     char *mem = scratch(&each, threads);
     if (!mem) return 1;
