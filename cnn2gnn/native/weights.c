@@ -108,8 +108,10 @@ int64_t cnn2gnn_propagate(const float *dist, const int64_t *positions, int64_t n
         int64_t outside = 0;
         for (int64_t l = 0; l < k; l++) {
             const int64_t j = positions[i * K + c[l]];
-            outside += j < 0 || j >= m;
-            rows[l] = messages + j * width;
+            if (j < 0 || j >= m)
+                outside++;
+            else
+                rows[l] = messages + j * width; /* a pointer only into the table */
         }
         if (outside) {
             memset(out + i * width, 0, (size_t)width * sizeof(float));
