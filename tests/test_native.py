@@ -245,3 +245,34 @@ def test_disabled_switches_to_the_torch_path_for_the_block_only():
     with native.disabled():
         assert not native.available() and native.select_k(torch.rand(2, 5), 1) is None
     assert native.library() is before  # the kernels come back (or stay absent) after the block
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n, c, nh", [(70, 10, 512), (3, 3, 37), (41, 9, 130), (1, 1, 16)])
+def test_propagate_with_a_head_gives_the_next_layer_from_the_activations(threads, n, c, nh):
+    """head W (c, h): the next layer's o[:, h:] + relu(o[:, :h] + base) W^T, from the same pass; rows not a whole
+    number of tiles, classes not of class blocks, h not of vectors. The rows a head reads never leave the kernel."""
+    g = torch.Generator().manual_seed(n + c)
+    m, w = 40, nh + c
+    dist, positions = torch.rand(n, 11, generator=g), torch.randint(0, m, (n, 11), generator=g)
+    messages, bias = torch.randn(m, w, generator=g), torch.randn(w, generator=g)
+    base, head = torch.randn(n, nh, generator=g), torch.randn(c, nh, generator=g)
+    ref = torch_propagate(dist, positions, 10, messages, bias)
+    hidden = (ref[:, :nh] + base.double()).relu()
+    ref = ref[:, nh:] + hidden @ head.double().t()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = native.propagate(dist, positions, 10, messages, bias, base=base, relu=nh, head=head)
+        again = native.propagate(dist[:1], positions[:1], 10, messages, bias, base=base[:1], relu=nh, head=head)
+    finally:
+        torch.set_num_threads(saved)
+    assert out.shape == (n, c)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-4)
+    assert torch.equal(again, out[:1])  # a row's logits do not depend on the rows it shares a tile with
+    with pytest.raises(ValueError, match="head"):
+        native.propagate(dist, positions, 10, messages, bias, head=torch.zeros(c, nh + 1))
+    positions[n - 1, :] = m  # a row outside the table: refused, as without a head
+    with pytest.raises(IndexError):
+        native.propagate(dist, positions, 10, messages, bias, base=base, relu=nh, head=head)

@@ -13,8 +13,9 @@ otherwise: in training, with gradients, under autocast, when traced (compile, ex
 with the bank's cached messages :math:`\mathbf{M}_l` and :math:`\mathbf{P}` from the same search and closed-form
 weights as the general path, so the logits are the same to float rounding (tests/test_fastpath.py checks every
 configuration). Both layers' neighbour sums come from one pass of the native ``propagate`` kernel over the two message
-tables side by side (cached with the bank's states), which also adds the first layer's own term and applies the ReLU
-where that term is known before the search: with ``graph_space=head`` one product gives
+tables side by side (cached with the bank's states), which also adds the first layer's own term, applies the ReLU and
+computes the second layer :math:`\mathbf{H}\mathbf{W}_2^\top` from the activations while they are in cache (they are
+never written) where that term is known before the search: with ``graph_space=head`` one product gives
 :math:`[\mathbf{X}\mathbf{W}_1^\top \mid \mathbf{X}\mathbf{W}_g^\top]` (the own term and the graph space), with
 ``graph_space=proj`` the graph space is the own term. With ``pixels`` the sums enter the first layer's product as its
 added term.
@@ -98,8 +99,11 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
         own = v if model.cfg.graph_space == "proj" else None
     dist, positions = model.bank.nearest(v, model.graph.k + 1, bank["v"], bank["v_sq"])
     msg, bias = bank["msg12"], bank["bias12"]
-    relu = 0 if own is None else hidden
-    summed = native.propagate(dist, positions, model.graph.k, msg, bias, base=own, relu=relu)
+    if own is not None:  # the second layer from the first's activations in the same pass, never written
+        logits = native.propagate(dist, positions, model.graph.k, msg, bias, base=own, relu=hidden, head=lin2.weight)
+        if logits is not None:
+            return logits
+    summed = native.propagate(dist, positions, model.graph.k, msg, bias)
     if summed is None:  # no kernels: the same sums from torch's operators
         weights, col = sparse_neighbours(dist, model.graph.k)
         index = positions.gather(1, col)
@@ -107,8 +111,10 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
         index, weights = index.reshape(-1), weights.reshape(-1).to(msg.dtype)
         offsets = torch.arange(0, n * k, k, device=index.device)
         summed = gather_sum(index, msg, offsets, weights).add_(bias)
-        if own is not None:
-            summed[:, :hidden].add_(own).relu_()
-    # where the own term was known it is in the sums, the ReLU applied; else it enters the product now
-    h = summed[:, :hidden] if own is not None else torch.addmm(summed[:, :hidden], x, lin1.weight.t()).relu_()
+    # the own term enters the first layer's sums now (pixels: through the product), then the ReLU and the second layer
+    h = (
+        summed[:, :hidden].add_(own).relu_()
+        if own is not None
+        else torch.addmm(summed[:, :hidden], x, lin1.weight.t()).relu_()
+    )
     return torch.addmm(summed[:, hidden:], h, lin2.weight.t())

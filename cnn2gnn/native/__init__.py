@@ -121,7 +121,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cnn2gnn_select.restype = ctypes.c_int
     lib.cnn2gnn_adaptive_weights.argtypes = [ptr, i64, i64, i64, ctypes.c_double, ptr, ptr]
     lib.cnn2gnn_adaptive_weights.restype = None
-    propagate_args = [ptr, ptr, i64, i64, i64, ctypes.c_double, ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr]
+    propagate_args = [ptr, ptr, i64, i64, i64, ctypes.c_double, ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr, i64, ptr]
     lib.cnn2gnn_propagate.argtypes = [*propagate_args, ctypes.c_int]
     lib.cnn2gnn_propagate.restype = i64
     lib.cnn2gnn_nearest_lanes.argtypes = []
@@ -225,25 +225,29 @@ def propagate(
     *,
     base: Tensor | None = None,
     relu: int = 0,
+    head: Tensor | None = None,
 ) -> Tensor | None:
-    r"""Row :math:`i`: :math:`\mathbf{b} + \sum_{l \le k'} p_{il}\, \mathbf{m}_{j_{il}}`, the weighted sum of the
-    messages of query :math:`i`'s neighbours, with :math:`p_{il}` the weights :func:`adaptive_weights` gives over the
-    row's ``K`` candidate distances (:math:`k' = \min(k, K - 1)`, as in :func:`cnn2gnn.graph.sparse_neighbours`),
-    :math:`j_{il}` the ``positions`` of those candidates (rows of ``messages``), summed nearest first, and
-    :math:`\mathbf{b}` the ``bias`` (none by default). ``base`` (n, w') with w' <= w, if given, is then added to the
-    first w' columns, and the first ``relu`` columns go through ReLU: what a layer's own term and activation need, in
-    the same pass. One pass: the weights never leave the cache. No gradient. ``None`` when the kernels cannot serve
-    the tensors (the caller takes the torch path), or for a single candidate.
+    r"""Row :math:`i`: :math:`\mathbf{o}_i = \mathbf{b} + \sum_{l \le k'} p_{il}\, \mathbf{m}_{j_{il}}`, the weighted
+    sum of the messages of query :math:`i`'s neighbours, with :math:`p_{il}` the weights :func:`adaptive_weights` gives
+    over the row's ``K`` candidate distances (:math:`k' = \min(k, K - 1)`, as in
+    :func:`cnn2gnn.graph.sparse_neighbours`), :math:`j_{il}` the ``positions`` of those candidates (rows of
+    ``messages``), summed nearest first, and :math:`\mathbf{b}` the ``bias`` (none by default). ``base`` (n, w') with
+    w' <= w, if given, is then added to the first w' columns, and the first ``relu`` columns go through ReLU: what a
+    layer's own term and activation need, in the same pass. With ``head`` :math:`\mathbf{W}` (c, h), c = w - h, the
+    result is instead the next layer's :math:`\mathbf{o}_{i,h:} + \mathbf{W}\mathbf{o}_{i,:h}` (n, c), computed while
+    the row is in cache (the first h columns are never written). One pass: the weights never leave the cache. No
+    gradient. ``None`` when the kernels cannot serve the tensors (the caller takes the torch path), or for a single
+    candidate.
 
     Shapes:
         dist, positions :math:`(n, K)`, :math:`2 \le K \le 64`; messages :math:`(m, w)`; bias :math:`(w,)`;
-        base :math:`(n, w')` -> :math:`(n, w)` float32
+        base :math:`(n, w')`; head :math:`(w - h, h)` -> :math:`(n, w)`, or :math:`(n, w - h)` with a head; float32
     """
     lib = _kernels_for(dist)
     n, width = dist.shape
     if lib is None or not 2 <= width <= 64 or messages.dtype != torch.float32 or messages.device.type != "cpu":
         return None
-    if base is not None and (base.dtype != torch.float32 or base.device.type != "cpu"):
+    if any(t is not None and (t.dtype != torch.float32 or t.device.type != "cpu") for t in (base, head)):
         return None
     m, w = messages.shape
     if (
@@ -251,22 +255,30 @@ def propagate(
         or (bias is not None and bias.shape != messages.shape[1:])
         or (base is not None and (base.dim() != 2 or len(base) != n or base.shape[1] > w))
         or not 0 <= relu <= w
+        or (head is not None and (head.dim() != 2 or sum(head.shape) != w))
     ):
         raise ValueError(
             f"propagate: positions {tuple(positions.shape)} must have the shape of dist {tuple(dist.shape)}, bias "
             f"{None if bias is None else tuple(bias.shape)} and relu={relu} at most the width of messages "
-            f"{tuple(messages.shape)}, base {None if base is None else tuple(base.shape)} n rows of at most that width"
+            f"{tuple(messages.shape)}, base {None if base is None else tuple(base.shape)} n rows of at most that "
+            f"width, head {None if head is None else tuple(head.shape)} (c, h) with c + h that width"
         )
     d, pos, msg = dist.detach().contiguous(), positions.to(torch.int64).contiguous(), messages.detach().contiguous()
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     own = None if base is None else base.detach()
     if own is not None and own.stride(1) != 1:
         own = own.contiguous()
-    out = torch.empty(n, w, dtype=torch.float32)
+    weight = None if head is None else head.detach().contiguous()
+    nh = 0 if weight is None else weight.shape[1]
+    out = torch.empty(n, w - nh, dtype=torch.float32)
     k = min(k, width - 1)
     extra = (None, 0, 0) if own is None else (own.data_ptr(), own.stride(0), own.shape[1])
-    args = (n, width, k, eps, msg.data_ptr(), m, w, None if b is None else b.data_ptr(), *extra, relu, out.data_ptr())
-    if lib.cnn2gnn_propagate(d.data_ptr(), pos.data_ptr(), *args, torch.get_num_threads()):
+    fused = (None if weight is None else weight.data_ptr(), nh)
+    args = (n, width, k, eps, msg.data_ptr(), m, w, None if b is None else b.data_ptr(), *extra, relu, *fused)
+    bad = lib.cnn2gnn_propagate(d.data_ptr(), pos.data_ptr(), *args, out.data_ptr(), torch.get_num_threads())
+    if bad < 0:
+        raise MemoryError(f"propagate: out of memory for rows of {w}")
+    if bad:
         raise IndexError(f"propagate: positions must lie in [0, {m}), the rows of messages")
     return out
 

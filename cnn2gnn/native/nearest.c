@@ -92,6 +92,39 @@ static void distances(const float *const *q, const float *qsq, const float *pack
     }
 }
 
+/* the k smallest (key, column) pairs of the list keys/idx (*len entries) and of `found` candidates (keys ck, columns
+ * base + cc), ordered by key then column, into the list: each pair as the int64 key << 32 | column (keys are >= 0, so
+ * these order as the pairs do, and are distinct, the columns being so); a pair's place is the number of pairs before
+ * it, counted in vector registers, and one of place < k is written there: no branch on the data, where keep's
+ * insertions mispredict about once each. *len + found <= MERGE_MOST, columns below 2^31. */
+#define MERGE_MOST 64
+typedef int64_t vl __attribute__((vector_size(L * sizeof(int32_t)))); /* L / 2 int64 lanes */
+#define LL (L / 2)
+static void merge_ranked(int32_t *keys, int64_t *idx, int64_t k, int64_t *len, const int32_t *ck, const int32_t *cc,
+                         int64_t base, int64_t found) {
+    int64_t pairs[MERGE_MOST + LL], placed[MERGE_MOST + 1], total = *len + found;
+    for (int64_t i = 0; i < *len; i++) pairs[i] = (int64_t)keys[i] << 32 | idx[i];
+    for (int64_t c = 0; c < found; c++) pairs[*len + c] = (int64_t)ck[c] << 32 | (base + cc[c]);
+    int64_t vecs = (total + LL - 1) / LL;
+    for (int64_t i = total; i < vecs * LL; i++) pairs[i] = INT64_MAX; /* after every pair */
+    for (int64_t i = 0; i < total; i++) {
+        vl before = {0}, p = (vl){0} + pairs[i];
+        for (int64_t v = 0; v < vecs; v++) {
+            vl x;
+            memcpy(&x, pairs + v * LL, sizeof x);
+            before -= x < p; /* a true comparison is -1 */
+        }
+        int64_t place = 0;
+        for (int l = 0; l < LL; l++) place += before[l];
+        placed[place < k ? place : MERGE_MOST] = pairs[i]; /* the last place: pairs that do not make the list */
+    }
+    *len = total < k ? total : k;
+    for (int64_t r = 0; r < *len; r++) {
+        keys[r] = (int32_t)(placed[r] >> 32);
+        idx[r] = placed[r] & INT32_MAX;
+    }
+}
+
 /* merge the entries of one chunk of a row's keys (width entries, the bank's columns base..base + width - 1, of which
  * those >= m are padding) into the row's running list keys/idx of *len (at most k): only the entries <= tau are
  * offered, tau being the list's k-th key once it is full and the chunk's own bound (the k-th smallest of its group
@@ -133,35 +166,49 @@ static void select_chunk(const int32_t *row, int64_t base, int64_t m, int64_t wi
         }
         if (bound < tau) tau = bound;
     }
-#if defined(__AVX512F__)
-    /* the entries <= tau and their columns packed together first (a loop without branches), then merged */
-    __m512i t = _mm512_set1_epi32(tau), col = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    int32_t *at = cand + width; /* the candidates' keys in cand, their columns in at, in column order */
+    /* the entries <= tau and their columns gathered in column order (a loop without branches on AVX-512), then
+     * merged into the list */
+    int32_t *at = cand + width; /* the candidates' keys in cand, their columns in at */
     int64_t found = 0;
-    for (int64_t j = 0; j < width; j += L, col = _mm512_add_epi32(col, _mm512_set1_epi32(L))) {
-        __m512i x = _mm512_loadu_si512((const void *)(row + j));
-        __mmask16 bits = _mm512_cmple_epi32_mask(x, t);
-        _mm512_mask_compressstoreu_epi32(cand + found, bits, x);
-        _mm512_mask_compressstoreu_epi32(at + found, bits, col);
-        found += __builtin_popcount(bits);
+#if defined(__AVX512F__)
+    /* which vectors hold an entry <= tau, 64 vectors a word (few do: about k of the width's entries pass), then only
+     * those compressed */
+    __m512i t = _mm512_set1_epi32(tau);
+    for (int64_t w0 = 0; w0 < width; w0 += 64 * L) {
+        uint64_t hits = 0;
+        for (int64_t v = 0; v < 64 && w0 + v * L < width; v++)
+            hits |= (uint64_t)(_mm512_cmple_epi32_mask(_mm512_loadu_si512((const void *)(row + w0 + v * L)), t) != 0)
+                    << v;
+        for (; hits; hits &= hits - 1) {
+            int64_t j = w0 + __builtin_ctzll(hits) * L;
+            __m512i x = _mm512_loadu_si512((const void *)(row + j));
+            __mmask16 bits = _mm512_cmple_epi32_mask(x, t);
+            __m512i col = _mm512_add_epi32(_mm512_set1_epi32((int32_t)j),
+                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+            _mm512_mask_compressstoreu_epi32(cand + found, bits, x);
+            _mm512_mask_compressstoreu_epi32(at + found, bits, col);
+            found += __builtin_popcount(bits);
+        }
     }
-    for (int64_t c = 0; c < found && base + at[c] < m; c++) keep(keys, idx, k, len, cand[c], base + at[c]);
 #elif defined(__AVX2__)
-    (void)cand;
     __m256i t = _mm256_set1_epi32(tau);
     for (int64_t j = 0; j < width; j += 8) { /* row <= tau: not (row > tau) */
         __m256i gt = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(row + j)), t);
         unsigned bits = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(gt)) & 0xffu;
-        for (; bits; bits &= bits - 1) {
-            int64_t at = j + __builtin_ctz(bits);
-            if (base + at < m) keep(keys, idx, k, len, row[at], base + at);
+        for (; bits; bits &= bits - 1, found++) {
+            cand[found] = row[j + __builtin_ctz(bits)];
+            at[found] = (int32_t)(j + __builtin_ctz(bits));
         }
     }
 #else
-    (void)cand;
-    for (int64_t j = 0; j < width && base + j < m; j++)
-        if (row[j] <= tau) keep(keys, idx, k, len, row[j], base + j);
+    for (int64_t j = 0; j < width; j++)
+        if (row[j] <= tau) cand[found] = row[j], at[found++] = (int32_t)j;
 #endif
+    while (found > 0 && base + at[found - 1] >= m) found--; /* padding: the last columns */
+    if (*len + found <= MERGE_MOST && base + width <= INT32_MAX)
+        merge_ranked(keys, idx, k, len, cand, at, base, found);
+    else
+        for (int64_t c = 0; c < found; c++) keep(keys, idx, k, len, cand[c], base + at[c]);
 }
 
 /* q: (n, d), row stride ldq; packed, psq: from cnn2gnn_nearest_pack over m anchors; 1 <= k <= m.

@@ -5,7 +5,7 @@
 #define CNN2GNN_VECTORS_H
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -32,6 +32,22 @@ static inline vi load_i(const int32_t *p) {
 }
 static inline vf splat(float s) { return s - (vf){0}; } /* s - (+0) is s for every float: folded to a broadcast */
 static inline vi splat_i(int32_t s) { return (vi){0} + s; }
+
+/* the sum of x's L lanes, as a tree of halves (a fixed order) */
+static inline float hsum(vf x) {
+#if defined(__AVX512F__)
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256((__m512)x), (__m256)_mm512_extractf64x4_pd((__m512d)x, 1));
+#elif defined(__AVX__)
+    __m256 s8 = (__m256)x;
+#endif
+#if defined(__AVX512F__) || defined(__AVX__)
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+#else
+    return (x[0] + x[2]) + (x[1] + x[3]);
+#endif
+}
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 /* the k-th smallest of the L lanes of x (1 <= k <= L) without branches: lane i counts the lanes <= it (L rotations);

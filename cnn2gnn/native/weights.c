@@ -89,40 +89,90 @@ static void weighted_sum(const float *const *rows, const float *a, int64_t k, in
     }
 }
 
+/* a second layer from the activations of TILE rows at once: out_i[r] = o_i[nh + r] + head_r . o_i[0..nh) for the c
+ * rows of head (c, nh) and the `rows` (<= TILE) rows o_i (stride ldo), TILE rows by 4 classes at a time in vector
+ * registers, so that each load of head serves TILE rows and each load of o four classes; each sum is taken lane-wise
+ * in column order, then across the lanes: the same for a row whatever the other rows of its tile */
+#define TILE 4
+static void head_tile(const float *o, int64_t ldo, int64_t rows, const float *head, int64_t nh, int64_t c, float *out,
+                      int64_t ldout) {
+    const float *op[TILE];
+    for (int i = 0; i < TILE; i++) op[i] = o + (i < rows ? i : rows - 1) * ldo; /* past the last row: repeat it */
+    for (int64_t r = 0; r < c; r += 4) {
+        const float *hr[4];
+        for (int j = 0; j < 4; j++) hr[j] = head + (r + j < c ? r + j : c - 1) * nh; /* past c: repeat */
+        vf acc[TILE][4];
+        for (int i = 0; i < TILE; i++)
+            for (int j = 0; j < 4; j++) acc[i][j] = splat(0.0f);
+        int64_t t = 0;
+        for (; t + L <= nh; t += L) {
+            vf x[TILE];
+            for (int i = 0; i < TILE; i++) x[i] = load_f(op[i] + t);
+            for (int j = 0; j < 4; j++) {
+                const vf h = load_f(hr[j] + t);
+                for (int i = 0; i < TILE; i++) acc[i][j] += h * x[i];
+            }
+        }
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < 4 && r + j < c; j++) {
+                float sum = hsum(acc[i][j]);
+                for (int64_t u = t; u < nh; u++) sum += hr[j][u] * op[i][u];
+                out[i * ldout + r + j] = op[i][nh + r + j] + sum;
+            }
+    }
+}
+
 /* out_i = sum_l p_il messages[positions[i, c_il]] (+ bias) (+ base_i on the first nbase columns), the p_il and c_il
  * of row i's K candidate distances as above: one row of `width` floats per query, summed nearest first, then the
  * bias, then base (row stride ldb); the first nrelu columns then go through max(0, .) (NaN kept, as torch.relu).
- * Rows are shared among OpenMP threads. Returns the number of rows that named a position outside [0, m) (their
- * outputs are left at zero). */
+ * With a head (c rows of nh floats, c = width - nh: a second layer's weight), the rows stay in this thread's scratch
+ * and out_i is the c floats o_i[nh + r] + head_r . o_i[0..nh) instead (head_tile: a layer's output computed from the
+ * activations while they are in cache, which are never written). Rows are shared among OpenMP threads, TILE at a
+ * time. Returns the number of rows that named a position outside [0, m) (their outputs are left at zero), or -1
+ * when out of memory. */
 int64_t cnn2gnn_propagate(const float *dist, const int64_t *positions, int64_t n, int64_t K, int64_t k, double eps,
                           const float *messages, int64_t m, int64_t width, const float *bias, const float *base,
-                          int64_t ldb, int64_t nbase, int64_t nrelu, float *out, int threads) {
-    int64_t bad = 0;
+                          int64_t ldb, int64_t nbase, int64_t nrelu, const float *head, int64_t nh, float *out,
+                          int threads) {
+    int64_t bad = 0, wout = head ? width - nh : width, tiles = (n + TILE - 1) / TILE;
+    int team_size = team(threads, tiles, 32 / TILE);
+    size_t each = head ? (size_t)(TILE * width) * sizeof(float) : 0;
+    char *mem = head ? scratch(&each, team_size) : NULL;
+    if (head && !mem) return -1;
     (void)threads; /* unused without OpenMP */
-#pragma omp parallel for num_threads(team(threads, n, 32)) schedule(static) reduction(+ : bad)
-    for (int64_t i = 0; i < n; i++) {
-        float w[64];
-        int64_t c[64];
-        const float *rows[64];
-        row_weights(dist + i * K, K, k, eps, w, c);
-        int64_t outside = 0;
-        for (int64_t l = 0; l < k; l++) {
-            const int64_t j = positions[i * K + c[l]];
-            if (j < 0 || j >= m)
-                outside++;
-            else
-                rows[l] = messages + j * width; /* a pointer only into the table */
+#pragma omp parallel for num_threads(team_size) schedule(static) reduction(+ : bad)
+    for (int64_t g = 0; g < tiles; g++) {
+        int64_t first = g * TILE, rows = n - first < TILE ? n - first : TILE, outside[TILE] = {0};
+        float *tile = head ? (float *)thread_scratch(mem, each) : NULL;
+        for (int64_t i = first; i < first + rows; i++) {
+            float w[64];
+            int64_t c[64];
+            const float *rows_of[64];
+            row_weights(dist + i * K, K, k, eps, w, c);
+            float *o = head ? tile + (i - first) * width : out + i * width;
+            for (int64_t l = 0; l < k; l++) {
+                const int64_t j = positions[i * K + c[l]];
+                if (j < 0 || j >= m)
+                    outside[i - first] = 1;
+                else
+                    rows_of[l] = messages + j * width; /* a pointer only into the table */
+            }
+            if (outside[i - first]) {
+                memset(o, 0, (size_t)width * sizeof(float));
+                bad++;
+                continue;
+            }
+            weighted_sum(rows_of, w, k, width, bias, o);
+            if (base)
+                for (int64_t t = 0; t < nbase; t++) o[t] += base[i * ldb + t];
+            for (int64_t t = 0; t < nrelu; t++) o[t] = o[t] < 0.0f ? 0.0f : o[t];
         }
-        if (outside) {
-            memset(out + i * width, 0, (size_t)width * sizeof(float));
-            bad++;
-            continue;
+        if (head) {
+            head_tile(tile, width, rows, head, nh, wout, out + first * wout, wout);
+            for (int64_t i = 0; i < rows; i++)
+                if (outside[i]) memset(out + (first + i) * wout, 0, (size_t)wout * sizeof(float));
         }
-        float *o = out + i * width;
-        weighted_sum(rows, w, k, width, bias, o);
-        if (base)
-            for (int64_t t = 0; t < nbase; t++) o[t] += base[i * ldb + t];
-        for (int64_t t = 0; t < nrelu; t++) o[t] = o[t] < 0.0f ? 0.0f : o[t];
     }
+    free(mem);
     return bad;
 }
