@@ -245,9 +245,7 @@ def propagate(
     """
     lib = _kernels_for(dist)
     n, width = dist.shape
-    if lib is None or not 2 <= width <= 64 or messages.dtype != torch.float32 or messages.device.type != "cpu":
-        return None
-    if any(t is not None and (t.dtype != torch.float32 or t.device.type != "cpu") for t in (base, head)):
+    if lib is None or not 2 <= width <= 64 or not all(_serves(t) for t in (messages, base, head)):
         return None
     m, w = messages.shape
     if (
@@ -263,17 +261,16 @@ def propagate(
             f"{tuple(messages.shape)}, base {None if base is None else tuple(base.shape)} n rows of at most that "
             f"width, head {None if head is None else tuple(head.shape)} (c, h) with c + h that width"
         )
-    d, pos, msg = dist.detach().contiguous(), positions.to(torch.int64).contiguous(), messages.detach().contiguous()
-    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
-    own = None if base is None else base.detach()
-    if own is not None and own.stride(1) != 1:
-        own = own.contiguous()
-    weight = None if head is None else head.detach().contiguous()
+    # the kernel only reads the values (no gradient): pointers to dense rows, copied only where they are not
+    d, pos, msg = _dense(dist), _dense(positions.long()), _dense(messages)
+    b = None if bias is None else _dense(bias.float())
+    own = base if base is None or base.stride(1) == 1 else base.contiguous()
+    weight = None if head is None else _dense(head)
     nh = 0 if weight is None else weight.shape[1]
     out = torch.empty(n, w - nh, dtype=torch.float32)
     k = min(k, width - 1)
     extra = (None, 0, 0) if own is None else (own.data_ptr(), own.stride(0), own.shape[1])
-    fused = (None if weight is None else weight.data_ptr(), nh)
+    fused = (None, 0) if weight is None else (weight.data_ptr(), nh)
     args = (n, width, k, eps, msg.data_ptr(), m, w, None if b is None else b.data_ptr(), *extra, relu, *fused)
     bad = lib.cnn2gnn_propagate(d.data_ptr(), pos.data_ptr(), *args, out.data_ptr(), torch.get_num_threads())
     if bad < 0:
@@ -281,6 +278,16 @@ def propagate(
     if bad:
         raise IndexError(f"propagate: positions must lie in [0, {m}), the rows of messages")
     return out
+
+
+def _serves(t: Tensor | None) -> bool:
+    """Whether the kernels can read ``t`` (absent, or float32 on the CPU)."""
+    return t is None or (t.dtype == torch.float32 and t.device.type == "cpu")
+
+
+def _dense(t: Tensor) -> Tensor:
+    """``t`` with contiguous rows (a copy only where it is not)."""
+    return t if t.is_contiguous() else t.contiguous()
 
 
 class Packed(NamedTuple):
