@@ -54,7 +54,9 @@ def test_shapes_strides_and_errors():
 
 
 def test_nearest_k_keeps_gradients_and_matches_topk_with_or_without_the_kernel(monkeypatch):
-    d = torch.rand(70, 2000, requires_grad=True)
+    g = torch.Generator().manual_seed(0)  # distinct values: with unseeded rand, a tie among a row's 11 smallest (about
+    # one run in twenty: 2^24 levels) let topk and the kernel order it differently, and the test fail at random
+    d = (torch.randperm(70 * 2000, generator=g).float() / (70 * 2000)).reshape(70, 2000).requires_grad_()
     for build in (True, False):
         if not build:
             monkeypatch.setattr(native, "select_k", lambda dist, k: None)
