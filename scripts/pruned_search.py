@@ -6,8 +6,9 @@ trained student's learned graph space:
 2. the search alone (256 test queries, one bank of the student's size) for several P, against the fused search;
 3. the student's forward pass at batch 256 with the bank replaced by m stratified training images, the pruned search
    forced against the fused one, on one and two threads (what ``TorchSearch.PRUNE_FROM`` rests on);
-4. each stage of the forward (the first layer's and the graph head's product, the search, the weights and sums, the
-   second layer) timed alone and inside the forward, median of many calls (why a stage costs more in place).
+4. each stage of the forward (the first layer's and the graph head's product, the search, the one native pass of the
+   weights, sums and second layer) timed alone and inside the forward, median of many calls (why a stage costs more
+   in place).
 
     python scripts/pruned_search.py --model runs/bench-quick/runs/cnn2gnn-197028aa38-s0 --out docs/pruned_search.md
 """
@@ -129,17 +130,17 @@ def stage_rows(model, x: torch.Tensor, threads: list[int], calls: int) -> list[s
     if "w1g" not in bank:
         raise SystemExit("pruned_search.py: the stage table follows the fast path of a student with graph_space=head")
     search, k = model.bank._index[1], model.graph.k
-    w2, hidden = model.conv2.lin.weight.t(), model.conv1.lin.weight.shape[0]
+    w2, hidden = model.conv2.lin.weight, model.conv1.lin.weight.shape[0]
     msg, bias, w1g = bank["msg12"], bank["bias12"], bank["w1g"]
     both = xf @ w1g
     own, v = both[:, :hidden], both[:, hidden:]
     dist, pos = search(v, k + 1)
-    summed = native.propagate(dist, pos, k, msg, bias, base=own, relu=hidden)
     stages = {
         "first layer and graph head (one product)": lambda: xf @ w1g,
         "search": lambda: search(v, k + 1),
-        "weights, sums, own term, ReLU": lambda: native.propagate(dist, pos, k, msg, bias, base=own, relu=hidden),
-        "second layer": lambda: torch.addmm(summed[:, hidden:], summed[:, :hidden], w2),
+        "weights, sums, own term, ReLU, second layer (one pass)": lambda: native.propagate(
+            dist, pos, k, msg, bias, base=own, relu=hidden, head=w2
+        ),
     }
     rows = ["| threads | stage | alone (ms) | inside the forward (ms) |", "|---|---|---|---|"]
     for n in threads:
@@ -159,11 +160,9 @@ def stage_rows(model, x: torch.Tensor, threads: list[int], calls: int) -> list[s
             t1 = time.perf_counter()
             d, p = search(b[:, hidden:], k + 1)
             t2 = time.perf_counter()
-            s = native.propagate(d, p, k, msg, bias, base=b[:, :hidden], relu=hidden)
+            native.propagate(d, p, k, msg, bias, base=b[:, :hidden], relu=hidden, head=w2)
             t3 = time.perf_counter()
-            torch.addmm(s[:, hidden:], s[:, :hidden], w2)
-            t4 = time.perf_counter()
-            spans = zip([*stages, "whole forward"], [t0, t1, t2, t3, t0], [t1, t2, t3, t4, t4], strict=True)
+            spans = zip([*stages, "whole forward"], [t0, t1, t2, t0], [t1, t2, t3, t3], strict=True)
             for name, a, z in spans:
                 inside[name].append(z - a)
         for name in [*stages, "whole forward"]:
