@@ -14,7 +14,9 @@ head 64, bank 1024 unless --bank) with random weights (timings do not depend on 
    models/fastpath.py; the same with its second layer outside the native pass, as torch's ``addmm`` like the MLP's;
    the general path; without the native kernels), and the student with one part of its forward
    pass (the search; the weights and sums) replaced by a lookup of that part's own results: what each part costs
-   where it runs, not in isolation.
+   where it runs, not in isolation;
+4. the bytes a batch reads (weights, bank tables, input) for each model, and one core's read rate by buffer size: where
+   the L2 ends, beyond which a stage re-reads what another evicted at a rate a few times lower.
 
     python scripts/anchors_cost.py --threads 1,2 --out docs/anchors_cost.md
 """
@@ -231,6 +233,56 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
     ]
 
 
+def read_bandwidth(sizes_mb: list[float], repeats: int) -> list[str]:
+    """One thread summing a buffer of each size again and again: where the caches end (the in-place costs of the
+    forward table come from re-reading, at the rate beyond the L2, what another stage evicted)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = ["| buffer (MB) | read (GB/s) |", "|---|---|"]
+    try:
+        for mb in sizes_mb:
+            buf = torch.ones(int(mb * 2**20) // 4)
+            calls = max(3, int(64 / mb))
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    buf.sum()
+                best = min(best, (time.perf_counter() - start) / calls)
+            rows.append(f"| {mb:g} | {mb * 2**20 / best / 1e9:.0f} |")
+    finally:
+        torch.set_num_threads(saved)
+    return rows
+
+
+def working_sets(bank: int) -> list[str]:
+    """The bytes one batch of 256 reads, by tensor: the MLP's weights, and the student's under its fast path (its
+    stacked first-layer and graph-head weight, its second layer, the bank's message table and packed positions)."""
+    torch.manual_seed(0)
+    cfg = StudentModelConfig()
+    student = GNNStudent(784, 10, cfg, bank_size=bank)
+    student.set_bank(torch.randn(bank, 784), torch.randint(0, 10, (bank,)), torch.arange(bank))
+    student.eval()
+    mlp = MLPStudent(784, 10, cfg).eval()
+    with torch.inference_mode():
+        student(torch.randn(256, 1, 28, 28), graph="anchors")
+    states, search = student._bank_states(), student.bank._index[1]
+    packed = search.packed.data if search.packed is not None else states["v"]
+
+    def mb(*tensors) -> str:
+        return f"{sum(t.numel() * t.element_size() for t in tensors) / 2**20:.2f}"
+
+    x = torch.empty(256, 784)
+    weights = list(mlp.parameters())
+    return [
+        "| model | weights (MB) | bank tables (MB) | input (MB) |",
+        "|---|---|---|---|",
+        f"| same-width MLP | {mb(*weights)} | - | {mb(x)} |",
+        f"| student, anchors policy (fast path) | {mb(states['w1g'], student.conv2.lin.weight)} | "
+        f"{mb(states['msg12'], packed)} (messages {mb(states['msg12'])}, positions {mb(packed)}) | {mb(x)} |",
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--threads", default="1,2", help="torch CPU thread counts, one set of tables each (default 1,2)")
@@ -258,6 +310,14 @@ def main() -> None:
         f"calibration computes at most {TorchSearch.PRUNE_BELOW:.0%} of the distances, else the fused one; the "
         "anchors forward runs the eval fast path (models/fastpath.py) unless said otherwise",
         "- every figure: the best of --repeats interleaved timings (each function timed once a round, in turn)",
+    ]
+    lines += [
+        "",
+        "## Memory: what a batch of 256 reads, and how fast one core reads it",
+        "",
+        *working_sets(args.bank),
+        "",
+        *read_bandwidth([0.25, 0.5, 1, 1.5, 2, 3, 4, 8, 32, 256], args.repeats),
     ]
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
