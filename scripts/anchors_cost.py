@@ -184,13 +184,18 @@ def serving(forward, inputs: list, owner, name: str):
     return call
 
 
-def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
+def models(bank: int) -> tuple[GNNStudent, MLPStudent]:
+    """The quick preset's student (random weights, a random bank of ``bank`` images) and its same-width MLP, in eval
+    mode."""
     torch.manual_seed(0)
     cfg = StudentModelConfig()
     student = GNNStudent(784, 10, cfg, bank_size=bank)
     student.set_bank(torch.randn(bank, 784), torch.randint(0, 10, (bank,)), torch.arange(bank))
-    student.eval()
-    mlp = MLPStudent(784, 10, cfg).eval()
+    return student.eval(), MLPStudent(784, 10, cfg).eval()
+
+
+def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
+    student, mlp = models(bank)
     images = [torch.randn(256, 1, 28, 28) for _ in range(4)]
 
     def anchors(x):
@@ -258,12 +263,7 @@ def read_bandwidth(sizes_mb: list[float], repeats: int) -> list[str]:
 def working_sets(bank: int) -> list[str]:
     """The bytes one batch of 256 reads, by tensor: the MLP's weights, and the student's under its fast path (its
     stacked first-layer and graph-head weight, its second layer, the bank's message table and packed positions)."""
-    torch.manual_seed(0)
-    cfg = StudentModelConfig()
-    student = GNNStudent(784, 10, cfg, bank_size=bank)
-    student.set_bank(torch.randn(bank, 784), torch.randint(0, 10, (bank,)), torch.arange(bank))
-    student.eval()
-    mlp = MLPStudent(784, 10, cfg).eval()
+    student, mlp = models(bank)
     with torch.inference_mode():
         student(torch.randn(256, 1, 28, 28), graph="anchors")
     states, search = student._bank_states(), student.bank._index[1]
