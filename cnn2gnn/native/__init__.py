@@ -13,7 +13,8 @@ Kernels (one C file each, built into one library):
   (docs/anchors_cost.md measures it against ``torch.topk``);
 - :func:`adaptive_weights` (``weights.c``): the closed-form graph weights of a few candidate distances per row, what
   :func:`cnn2gnn.graph.sparse_neighbours` computes when no gradient is needed; and :func:`propagate`, the weighted
-  sums of the neighbours' messages they define (the anchors policy's eval fast path, models/fastpath.py);
+  sums of the neighbours' messages they define, optionally with the own term, the ReLU and the next layer in the same
+  pass (the anchors policy's eval fast path, models/fastpath.py);
 - :func:`pack` and :func:`nearest` (``nearest.c``): the exact search of a fixed bank, distances and selection in one
   pass with the distances kept in cache, what :class:`cnn2gnn.search.TorchSearch` (the anchors policy in eval mode)
   runs on CPUs with 256- or 512-bit vectors (docs/anchors_cost.md measures it against the torch path).

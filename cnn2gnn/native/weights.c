@@ -1,7 +1,8 @@
 /* The closed-form adaptive-neighbours weights of each row of candidate distances (docs/method.md section 2): what
  * cnn2gnn.graph.sparse_neighbours computes, in one pass instead of a dozen small torch operators; and the weighted
  * sums of the neighbours' messages they define, what the anchors policy's fast path (cnn2gnn/models/fastpath.py)
- * propagates (cnn2gnn/native/__init__.py builds and loads this file).
+ * propagates, with the next layer computed from them in the same pass where it asks for it (cnn2gnn/native/__init__.py
+ * builds and loads this file).
  *
  * Row i's K candidate distances, sorted ascending d_(1) <= ... <= d_(k+1) <= ... (ties to the lower column):
  *
