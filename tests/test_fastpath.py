@@ -8,6 +8,7 @@ from cnn2gnn import native
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.models import fastpath
 from cnn2gnn.models.gnn import GNNStudent
+from cnn2gnn.native.prepared import AnchorsPass, prepare_anchors_pass
 
 SHAPE = (1, 8, 8)
 
@@ -93,3 +94,66 @@ def test_the_fast_path_keeps_its_tables_with_the_bank_states_from_the_first_call
         assert model.bank._cache is tables
     model.load_state_dict(model.state_dict())  # loaded weights: the cached states and tables are dropped
     assert model.bank._cache is None
+
+
+lanes = native.library().cnn2gnn_nearest_lanes() if native.available() else 0
+needs_kernel = pytest.mark.skipif(lanes < native.MIN_LANES, reason="no native search here (no compiler or narrow SIMD)")
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", [60, 4])
+def test_the_prepared_pass_gives_the_checked_kernels_logits_bit_for_bit(m):
+    """With the head graph space and the fused search, the fast path calls the two kernels prepared with the bank's
+    tables (native/prepared.py): the same kernels on the same arguments as the checking wrappers."""
+    model = student(m)
+    x = torch.randn(37, *SHAPE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        prepared = fastpath.anchors_logits(model, x)
+        tables = model.bank._cache
+        run, tables["run"] = tables["run"], None
+        checked = fastpath.anchors_logits(model, x)
+        tables["run"] = run
+    assert isinstance(run, AnchorsPass) and torch.equal(prepared, checked)
+
+
+@needs_kernel
+def test_the_prepared_pass_is_skipped_for_another_k_and_dropped_with_the_search(monkeypatch):
+    model = student()
+    x = torch.randn(9, *SHAPE, generator=torch.Generator().manual_seed(3))
+    calls = []
+    real = AnchorsPass.__call__
+    monkeypatch.setattr(AnchorsPass, "__call__", lambda self, x: calls.append(len(x)) or real(self, x))
+    with torch.no_grad():
+        model(x, graph="anchors")
+        assert calls == [9]
+        model.graph.k = 3  # prepared for k = 5: the checked kernels serve k = 3
+        fast = model(x, graph="anchors")
+    assert calls == [9]
+    torch.testing.assert_close(fast, general(model, x), rtol=1e-5, atol=1e-5)
+    model.bank.use_search("faiss")  # another search: the states and what was prepared with them go
+    assert model.bank._cache is None
+
+
+@needs_kernel
+def test_prepare_anchors_pass_refuses_tables_it_cannot_serve():
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(100, 8, generator=g)
+    packed = native.pack(bank, bank.pow(2).sum(dim=1))
+    messages, bias = torch.randn(100, 13, generator=g), torch.randn(13, generator=g)
+    weight, head = torch.randn(20, 18, generator=g), torch.randn(3, 10, generator=g)
+    assert prepare_anchors_pass(weight, packed, 5, messages, bias, head) is not None
+    assert prepare_anchors_pass(weight, packed, 5, messages[:30], bias, head) is None  # not the bank's rows
+    assert prepare_anchors_pass(weight, packed, 5, messages, bias, head[:, :9]) is None  # c + h: not its width
+    assert prepare_anchors_pass(weight[:, :17], packed, 5, messages, bias, head) is None  # not h + d outputs
+    assert prepare_anchors_pass(weight, packed, 5, messages.double(), bias, head) is None
+    assert prepare_anchors_pass(weight, packed, 5, messages.t().contiguous().t(), bias, head) is None  # strided
+    assert prepare_anchors_pass(weight, packed, 70, messages, bias, head) is None  # 71 candidates: over 64
+    run = prepare_anchors_pass(weight, packed, 5, messages, bias, head)
+    with pytest.raises(RuntimeError):
+        run(torch.randn(4, 19))  # not D features: torch's product refuses it
+    assert run(torch.randn(0, 20)).shape == (0, 3)
+    x = torch.randn(6, 20, generator=g)
+    both = x @ weight
+    dist, index = native.nearest(both[:, 10:], packed, 6)
+    expected = native.propagate(dist, index, 5, messages, bias, base=both[:, :10], relu=10, head=head)
+    assert torch.equal(run(x), expected)  # the checked kernels on the same arguments

@@ -9,6 +9,7 @@ from helpers import knn_reference
 from cnn2gnn import native
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.models.gnn import GNNStudent
+from cnn2gnn.native.prepared import AnchorsPass
 from cnn2gnn.search import TorchSearch, topk_torch
 
 lanes = native.library().cnn2gnn_nearest_lanes() if native.available() else 0
@@ -107,12 +108,13 @@ def test_the_anchors_policy_runs_the_kernel_in_eval_mode_and_gives_the_torch_log
     model.eval()
     x = torch.randn(70, 48)
     calls = []
-    real = native.nearest
+    real, prepared = native.nearest, AnchorsPass.__call__
     monkeypatch.setattr(native, "nearest", lambda *a: calls.append(len(a[0])) or real(*a))
+    monkeypatch.setattr(AnchorsPass, "__call__", lambda self, x: calls.append(len(x)) or prepared(self, x))
     with torch.no_grad():
         fast = model(x, graph="anchors")
         with native.disabled():
             model.bank.clear()
             slow = model(x, graph="anchors")
-    assert calls == [300, 70]  # the bank's own graph, then the queries
+    assert calls == [300, 70]  # the bank's own graph, then the queries (the fast path's prepared search and pass)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

@@ -77,7 +77,8 @@ class AnchorBank(nn.Module):
         """Search the bank with ``search`` (``torch`` | ``faiss`` | ``faiss-ivf``) in eval mode from now on."""
         if search not in SEARCHES:
             raise ValueError(f"{type(self).__name__}: search must be one of {SEARCHES}, got {search!r}")
-        self.search, self.nlist, self.nprobe, self._index = search, nlist, nprobe, None
+        self.search, self.nlist, self.nprobe = search, nlist, nprobe
+        self.clear()  # what was cached with the states for the previous search (models/fastpath.py) goes too
         return self
 
     def clear(self) -> None:
@@ -91,10 +92,14 @@ class AnchorBank(nn.Module):
         traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()  # a traced graph keeps the torch ops
         if self.training or (traced and self.search == "torch"):
             return topk_torch(queries, bank, k, bank_sq=bank_sq)
+        return self.index_for(bank, bank_sq)(queries, k)
+
+    def index_for(self, bank: Tensor, bank_sq: Tensor):
+        """The eval-mode search over ``bank`` (the cached states' graph-space positions), built once per states."""
         key = (bank.data_ptr(), tuple(bank.shape))  # the same states (a detached view shares the storage)
         if self._index is None or self._index[0] != key:
             self._index = (key, make_search(self.search, bank, bank_sq, nlist=self.nlist, nprobe=self.nprobe))
-        return self._index[1](queries, k)
+        return self._index[1]
 
     def describe_search(self) -> str | None:
         """The eval-mode search in words once it is built (after a call under the anchors policy), else ``None``."""

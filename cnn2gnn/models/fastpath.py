@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 from .. import native
 from ..graph import sparse_neighbours
+from ..native.prepared import prepare_anchors_pass
+from ..search import TorchSearch
 from .embed import input_features
 
 __all__ = ["anchors_logits", "applies", "disabled", "gather_sum"]
@@ -78,6 +80,12 @@ def _tables(model: nn.Module, bank: dict[str, Tensor]) -> None:
     bank["bias12"] = torch.cat((b1, lin2.bias)).detach()
     if model.graph_head is not None:
         bank["w1g"] = torch.cat((lin1.weight, model.graph_head.weight)).detach().t()
+        # the fused native search and the pass with the second layer, prepared once (native/prepared.py)
+        search = model.bank.index_for(bank["v"], bank["v_sq"])
+        if isinstance(search, TorchSearch) and search.pruned is None and search.packed is not None:
+            head = lin2.weight.detach().contiguous()
+            run = prepare_anchors_pass(bank["w1g"], search.packed, model.graph.k, bank["msg12"], bank["bias12"], head)
+            bank["run"] = run
 
 
 def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
@@ -89,6 +97,8 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     bank = model._bank_states()
     if "msg12" not in bank:
         _tables(model, bank)
+    if (run := bank.get("run")) is not None and run.k == model.graph.k:
+        return run(x)  # the product, the search and the pass, prepared with the tables (native/prepared.py)
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     hidden = lin1.weight.shape[0]
     if "w1g" in bank:  # head: [x W1^T | x Wg^T] from one product

@@ -1,0 +1,81 @@
+r"""The anchors fast path's two kernels, prepared once per bank (models/fastpath.py): the fused search of a
+:func:`~cnn2gnn.native.pack`-ed bank, then the pass of :func:`~cnn2gnn.native.propagate` with its own term, ReLU and
+second layer, called with the pointers and sizes checked when the bank's tables were cached rather than at every
+call.
+
+Each call of the checking wrappers costs a few microseconds of Python, and more inside a forward than alone: the
+interpreter's own memory evicts part of the kernels' data from the L2 between them. At batch 256 the prepared calls
+made the forward about a tenth faster, at batch 1 about twice as fast (docs/ablations.md s.16). The results are those
+of the two wrappers, bit for bit: the same kernels on the same arguments (tests/test_fastpath.py checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import Packed, _kernels_for
+
+__all__ = ["AnchorsPass", "prepare_anchors_pass"]
+
+EPS = 1e-12  # as native.propagate's default and graph.sparse_neighbours'
+
+
+class AnchorsPass:
+    r"""``run(x) -> logits`` for the input features ``x`` (n, D), float32 on the CPU: one product
+    ``both`` :math:`= \mathbf{X}\,[\mathbf{W}_1; \mathbf{W}_g]^\top` (n, h + d) gives the first layer's own term and the
+    graph space; then the :math:`K = \min(k + 1, m)` nearest anchors of the graph-space part, and
+    :math:`\mathbf{Z} = \mathrm{ReLU}(\mathbf{O}_{:, :h})\,\mathbf{W}_2^\top + \mathbf{O}_{:, h:}`, where
+    :math:`\mathbf{O}` is the bias plus the weighted sum of the neighbours' ``messages`` (m, h + c), the own term
+    added to its first h columns, and ``head`` is :math:`\mathbf{W}_2` (c, h). Built by :func:`prepare_anchors_pass`,
+    which checks the tables; it holds them, so the pointers it passes stay valid. ``k``: the k it was prepared for."""
+
+    def __init__(
+        self, lib, weight: Tensor, packed: Packed, k: int, messages: Tensor, bias: Tensor, head: Tensor
+    ) -> None:
+        self.lib, self.weight, self.k, self.tables = lib, weight, k, (packed, messages, bias, head)
+        self.m, self.w = messages.shape
+        self.c, self.h = head.shape
+        self.big = min(k + 1, packed.m)  # K candidates, as TorchSearch clamps them
+        self.bank = (packed.data.data_ptr(), packed.sq.data_ptr(), packed.m, packed.d, self.big)
+        small = min(k, self.big - 1)
+        self.sums = (self.big, small, EPS, messages.data_ptr(), self.m, self.w, bias.data_ptr())
+        self.head = (self.h, self.h, head.data_ptr(), self.h)
+        self.offset = self.h * messages.element_size()  # the graph-space part of a row of ``both``
+
+    def __call__(self, x: Tensor) -> Tensor:
+        both = x @ self.weight  # contiguous (n, h + d); torch checks the shapes and dtypes
+        n, lib = both.shape[0], self.lib
+        dist = torch.empty(n, self.big, dtype=torch.float32)
+        index = torch.empty(n, self.big, dtype=torch.int64)
+        out = torch.empty(n, self.c, dtype=torch.float32)
+        if n == 0:
+            return out
+        threads, at, ld = torch.get_num_threads(), both.data_ptr(), both.stride(0)
+        found = (dist.data_ptr(), index.data_ptr())
+        if lib.cnn2gnn_nearest(at + self.offset, ld, self.bank[0], self.bank[1], n, *self.bank[2:], *found, threads):
+            raise MemoryError(f"AnchorsPass: out of memory for a bank of {self.m}")
+        bad = lib.cnn2gnn_propagate(*found, n, *self.sums, at, ld, *self.head, out.data_ptr(), threads)
+        if bad < 0:
+            raise MemoryError("AnchorsPass: out of memory")
+        if bad:
+            raise IndexError(f"AnchorsPass: positions must lie in [0, {self.m})")
+        return out
+
+
+def prepare_anchors_pass(
+    weight: Tensor, packed: Packed, k: int, messages: Tensor, bias: Tensor, head: Tensor
+) -> AnchorsPass | None:
+    """The :class:`AnchorsPass` of the stacked first-layer and graph-head ``weight`` (D, h + d), a packed bank and its
+    tables, or ``None`` where the kernels cannot serve them (the caller keeps its checked path): tables not float32,
+    not on the CPU or not contiguous, sizes that disagree, fewer than 2 or more than 64 candidates."""
+    lib = _kernels_for(messages)
+    big = min(k + 1, packed.m)
+    if lib is None or not 2 <= big <= 64 or head.dim() != 2 or bias.dim() != 1 or messages.dim() != 2:
+        return None
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in (messages, bias, head)):
+        return None
+    m, w = messages.shape
+    if m != packed.m or sum(head.shape) != w or bias.shape[0] != w or weight.shape[1] != head.shape[1] + packed.d:
+        return None
+    return AnchorsPass(lib, weight, packed, k, messages, bias, head)
