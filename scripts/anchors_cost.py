@@ -11,10 +11,11 @@ head 64, bank 1024 unless --bank) with random weights (timings do not depend on 
    (:func:`cnn2gnn.native.nearest`) and the pruned one (:func:`cnn2gnn.native.nearest_pruned`), which the anchors
    policy chooses between (:class:`cnn2gnn.search.TorchSearch`);
 3. images/s at batch 256 of the same-width MLP, the student under the anchors policy (its eval fast path,
-   models/fastpath.py; the same with its second layer outside the native pass, as torch's ``addmm`` like the MLP's;
-   the general path; without the native kernels), and the student with one part of its forward
-   pass (the search; the weights and sums) replaced by a lookup of that part's own results: what each part costs
-   where it runs, not in isolation;
+   models/fastpath.py, with its prepared call; the same calling its kernels through their checking wrappers, then
+   also with its second layer outside the native pass, as torch's ``addmm`` like the MLP's; the general path; without
+   the native kernels), and the student on the checking wrappers with one part of its forward pass (the search; the
+   weights, sums and second layer) replaced by a lookup of that part's own results: what each part costs where it
+   runs, not in isolation;
 4. the bytes a batch reads (weights, bank tables, input) for each model, and one core's read rate by buffer size: where
    the L2 ends, beyond which a stage re-reads what another evicted at a rate a few times lower.
 
@@ -146,9 +147,20 @@ def unfused(forward):
     def call(x):
         native.propagate = without_head
         try:
-            return forward(x)
+            with fastpath.checked():
+                return forward(x)
         finally:
             native.propagate = real
+
+    return call
+
+
+def checked(forward):
+    """``forward`` with the fast path calling its kernels through their checking wrappers (not the prepared call)."""
+
+    def call(x):
+        with fastpath.checked():
+            return forward(x)
 
     return call
 
@@ -203,16 +215,16 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
 
     with torch.inference_mode():
         anchors(images[0])  # the bank's states and its own graph, cached once before recording
-    served = {
-        "search": serving(anchors, images, TorchSearch, "__call__"),
-        "propagate": serving(anchors, images, native, "propagate"),
+    served = {  # on the checked path, where each part is its own call
+        "search": serving(checked(anchors), images, TorchSearch, "__call__"),
+        "propagate": serving(checked(anchors), images, native, "propagate"),
     }
 
     def general(x):
         with fastpath.disabled():
             return anchors(x)
 
-    fns = {"mlp": mlp, "anchors": anchors, "unfused": unfused(anchors), "general": general}
+    fns = {"mlp": mlp, "anchors": anchors, "checked": checked(anchors), "unfused": unfused(anchors), "general": general}
     fns |= {"torch": torch_only(anchors), **served}
     t = best_times(fns, images, seconds, repeats)
     f_mlp, f_student = flops_per_image(mlp, images[0]), flops_per_image(anchors, images[0])
@@ -223,7 +235,11 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
         f"| same-width MLP | {ips['mlp'] / 1e3:.1f}k | 100% | {f_mlp / 1e6:.2f}M | 100% |",
         f"| student, anchors policy | {ips['anchors'] / 1e3:.1f}k | {ips['anchors'] / ips['mlp']:.0%} | "
         f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
-        f"| student, anchors policy, second layer outside the native pass (torch's addmm, as in the MLP) | "
+        f"| student, anchors policy, its kernels through their checking wrappers (no prepared call) | "
+        f"{ips['checked'] / 1e3:.1f}k | {ips['checked'] / ips['mlp']:.0%} | {f_student / 1e6:.2f}M | "
+        f"{f_mlp / f_student:.0%} |",
+        f"| student, anchors policy, the same with the second layer outside the native pass (torch's addmm, as in the "
+        "MLP) | "
         f"{ips['unfused'] / 1e3:.1f}k | {ips['unfused'] / ips['mlp']:.0%} | {f_student / 1e6:.2f}M | "
         f"{f_mlp / f_student:.0%} |",
         f"| student, anchors policy, general path (no fast path) | {ips['general'] / 1e3:.1f}k | "
@@ -231,7 +247,8 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
         f"| student, anchors policy, native kernels off | {ips['torch'] / 1e3:.1f}k | "
         f"{ips['torch'] / ips['mlp']:.0%} | {f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |",
         *(
-            f"| student, anchors policy, {part} served | {ips[key] / 1e3:.1f}k | {ips[key] / ips['mlp']:.0%} | "
+            f"| student, anchors policy, checking wrappers, {part} served | {ips[key] / 1e3:.1f}k | "
+            f"{ips[key] / ips['mlp']:.0%} | "
             f"{f_student / 1e6:.2f}M | {f_mlp / f_student:.0%} |"
             for key, part in SERVED.items()
         ),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cnn2gnn import native
+from cnn2gnn.bench.measure import flops_per_image
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.models import fastpath
 from cnn2gnn.models.gnn import GNNStudent
@@ -157,3 +158,25 @@ def test_prepare_anchors_pass_refuses_tables_it_cannot_serve():
     dist, index = native.nearest(both[:, 10:], packed, 6)
     expected = native.propagate(dist, index, 5, messages, bias, base=both[:, :10], relu=10, head=head)
     assert torch.equal(run(x), expected)  # the checked kernels on the same arguments
+
+
+@needs_kernel
+def test_the_prepared_pass_steps_aside_when_the_kernels_are_disabled(monkeypatch):
+    """Within native.disabled() the fast path takes the torch path even after it prepared the kernels: the FLOP
+    counter (bench: FLOPs per image) sees the distances' product there, and counted too few without it."""
+    model = student()
+    x = torch.randn(9, *SHAPE, generator=torch.Generator().manual_seed(3))
+
+    def fn(batch):
+        return model(batch, graph="anchors")
+
+    before = flops_per_image(fn, x)  # states built with the kernels off: nothing prepared
+    model.bank.clear()
+    with torch.no_grad():
+        fn(x)  # states built with the kernels: the prepared pass
+        assert model.bank._cache.get("run") is not None
+    calls = []
+    real = AnchorsPass.__call__
+    monkeypatch.setattr(AnchorsPass, "__call__", lambda self, b: calls.append(len(b)) or real(self, b))
+    assert flops_per_image(fn, x) == before
+    assert calls == []

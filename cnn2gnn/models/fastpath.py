@@ -18,7 +18,9 @@ computes the second layer :math:`\mathbf{H}\mathbf{W}_2^\top` from the activatio
 never written) where that term is known before the search: with ``graph_space=head`` one product gives
 :math:`[\mathbf{X}\mathbf{W}_1^\top \mid \mathbf{X}\mathbf{W}_g^\top]` (the own term and the graph space), with
 ``graph_space=proj`` the graph space is the own term. With ``pixels`` the sums enter the first layer's product as its
-added term.
+added term. With ``graph_space=head`` and the fused native search, the product, the search and the pass are one call
+prepared with the tables (:class:`cnn2gnn.native.prepared.AnchorsPass`): the checking wrappers' Python between the
+kernels cost more inside the forward than their own time (docs/ablations.md s.16).
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from ..native.prepared import prepare_anchors_pass
 from ..search import TorchSearch
 from .embed import input_features
 
-__all__ = ["anchors_logits", "applies", "disabled", "gather_sum"]
+__all__ = ["anchors_logits", "applies", "checked", "disabled", "gather_sum"]
 
-_state = {"on": True}
+_state = {"on": True, "prepared": True}
 
 
 @contextlib.contextmanager
@@ -48,6 +50,17 @@ def disabled():
         yield
     finally:
         _state["on"] = saved
+
+
+@contextlib.contextmanager
+def checked():
+    """Within the block the fast path calls its kernels through their checking wrappers, not the prepared call (to
+    time the parts one by one, as scripts/anchors_cost.py does)."""
+    saved, _state["prepared"] = _state["prepared"], False
+    try:
+        yield
+    finally:
+        _state["prepared"] = saved
 
 
 def gather_sum(index: Tensor, messages: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
@@ -97,7 +110,8 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     bank = model._bank_states()
     if "msg12" not in bank:
         _tables(model, bank)
-    if (run := bank.get("run")) is not None and run.k == model.graph.k:
+    run = bank.get("run") if _state["prepared"] else None
+    if run is not None and run.k == model.graph.k and run.lib is native.library():
         return run(x)  # the product, the search and the pass, prepared with the tables (native/prepared.py)
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     hidden = lin1.weight.shape[0]

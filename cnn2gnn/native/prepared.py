@@ -1,12 +1,12 @@
-r"""The anchors fast path's two kernels, prepared once per bank (models/fastpath.py): the fused search of a
-:func:`~cnn2gnn.native.pack`-ed bank, then the pass of :func:`~cnn2gnn.native.propagate` with its own term, ReLU and
-second layer, called with the pointers and sizes checked when the bank's tables were cached rather than at every
-call.
+r"""The anchors fast path's product and two kernels, prepared once per bank (models/fastpath.py): the stacked
+first-layer and graph-head product, the fused search of a :func:`~cnn2gnn.native.pack`-ed bank, then the pass of
+:func:`~cnn2gnn.native.propagate` with its own term, ReLU and second layer, called with pointers and sizes checked
+when the bank's tables were cached rather than at every call.
 
-Each call of the checking wrappers costs a few microseconds of Python, and more inside a forward than alone: the
-interpreter's own memory evicts part of the kernels' data from the L2 between them. At batch 256 the prepared calls
-made the forward about a tenth faster, at batch 1 about twice as fast (docs/ablations.md s.16). The results are those
-of the two wrappers, bit for bit: the same kernels on the same arguments (tests/test_fastpath.py checks it).
+Each call of the checking wrappers costs a few microseconds of Python, and more inside a forward than alone; the
+prepared call made the forward faster at batch 256 and much faster at batch 1 (docs/ablations.md s.16 has the
+figures). The results are those of the two wrappers, bit for bit: the same kernels on the same arguments
+(tests/test_fastpath.py checks it).
 """
 
 from __future__ import annotations
