@@ -300,6 +300,14 @@ def working_sets(bank: int) -> list[str]:
     ]
 
 
+def write_report(lines: list[str], out: Path | None) -> None:
+    """Print the markdown ``lines`` and, with ``out``, write them there too (the scripts' shared ending)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        out.write_text(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--threads", default="1,2", help="torch CPU thread counts, one set of tables each (default 1,2)")
@@ -359,10 +367,7 @@ def main() -> None:
             "",
             *forward_table(args.bank, args.seconds, args.repeats),
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

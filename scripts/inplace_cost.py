@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from anchors_cost import models
+from anchors_cost import models, write_report
 
 from cnn2gnn.models.cnn import create_teacher
 from cnn2gnn.run import environment
@@ -138,10 +138,7 @@ def main() -> None:
         lines += pair_table(args.seconds, args.repeats)
         lines += ["", f"## {threads} torch thread{s}: images/s at batch 256, each in a fresh process", ""]
         lines += allocator_table(threads, args.seconds, args.repeats)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

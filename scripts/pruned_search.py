@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from anchors_cost import write_report
 
 from cnn2gnn import native
 from cnn2gnn.checkpoint import load_model
@@ -227,10 +228,7 @@ def main() -> None:
         "",
         *stage_rows(model, x, threads, 500),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
