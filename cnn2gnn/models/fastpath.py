@@ -86,7 +86,8 @@ def _tables(model: nn.Module, bank: dict[str, Tensor]) -> None:
     r"""Cache with the bank's states what every call reuses: both layers' messages side by side (one gather brings
     each anchor's row once), their biases, and with ``graph_space=head`` the first layer's weight and the graph head's
     stacked, :math:`[\mathbf{W}_1; \mathbf{W}_g]^\top`, so that one product gives the first layer's own term and the
-    graph space."""
+    graph space; where the fused native search serves the bank, that product and the two kernels prepared as one call
+    (``run``)."""
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     bank["msg12"] = torch.cat((bank["msg1"], bank["msg2"]), dim=1)
     b1 = torch.zeros_like(lin1.bias) if model.cfg.graph_space == "proj" else lin1.bias  # proj: b1 is in v
