@@ -43,24 +43,23 @@ _state = {"on": True, "prepared": True}
 
 
 @contextlib.contextmanager
-def disabled():
-    """Within the block the general path serves every call (to compare the two, as scripts/anchors_cost.py does)."""
-    saved, _state["on"] = _state["on"], False
+def _off(switch: str):
+    saved, _state[switch] = _state[switch], False
     try:
         yield
     finally:
-        _state["on"] = saved
+        _state[switch] = saved
 
 
-@contextlib.contextmanager
+def disabled():
+    """Within the block the general path serves every call (to compare the two, as scripts/anchors_cost.py does)."""
+    return _off("on")
+
+
 def checked():
     """Within the block the fast path calls its kernels through their checking wrappers, not the prepared call (to
     time the parts one by one, as scripts/anchors_cost.py does)."""
-    saved, _state["prepared"] = _state["prepared"], False
-    try:
-        yield
-    finally:
-        _state["prepared"] = saved
+    return _off("prepared")
 
 
 def gather_sum(index: Tensor, messages: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
@@ -128,7 +127,8 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
         logits = native.propagate(dist, positions, model.graph.k, msg, bias, base=own, relu=hidden, head=lin2.weight)
         if logits is not None:
             return logits
-    summed = native.propagate(dist, positions, model.graph.k, msg, bias)
+    # with the own term the call above refused only where this one would too (the same tensors, one more of them)
+    summed = native.propagate(dist, positions, model.graph.k, msg, bias) if own is None else None
     if summed is None:  # no kernels: the same sums from torch's operators
         weights, col = sparse_neighbours(dist, model.graph.k)
         index = positions.gather(1, col)

@@ -163,6 +163,9 @@ def disabled():
         _state["lib"] = saved
 
 
+EPS = 1e-12  # propagate's default: a row whose weights' denominator is at most this gets uniform weights
+
+
 def _kernels_for(t: Tensor) -> ctypes.CDLL | None:
     """The library when it can serve the tensor ``t`` (CPU, float32, eager), else ``None``."""
     if t.device.type != "cpu" or t.dtype != torch.float32:
@@ -222,7 +225,7 @@ def propagate(
     k: int,
     messages: Tensor,
     bias: Tensor | None = None,
-    eps: float = 1e-12,
+    eps: float = EPS,
     *,
     base: Tensor | None = None,
     relu: int = 0,

@@ -196,8 +196,8 @@ static void select_chunk(const int32_t *row, int64_t base, int64_t m, int64_t wi
         __m256i gt = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(row + j)), t);
         unsigned bits = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(gt)) & 0xffu;
         for (; bits; bits &= bits - 1, found++) {
-            cand[found] = row[j + __builtin_ctz(bits)];
             at[found] = (int32_t)(j + __builtin_ctz(bits));
+            cand[found] = row[at[found]];
         }
     }
 #else

@@ -14,11 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import Packed, _kernels_for
+from . import EPS, Packed, _kernels_for
 
 __all__ = ["AnchorsPass", "prepare_anchors_pass"]
-
-EPS = 1e-12  # as native.propagate's default and graph.sparse_neighbours'
 
 
 class AnchorsPass:
@@ -37,10 +35,13 @@ class AnchorsPass:
         self.m, self.w = messages.shape
         self.c, self.h = head.shape
         self.big = min(k + 1, packed.m)  # K candidates, as TorchSearch clamps them
-        self.bank = (packed.data.data_ptr(), packed.sq.data_ptr(), packed.m, packed.d, self.big)
-        small = min(k, self.big - 1)
-        self.sums = (self.big, small, EPS, messages.data_ptr(), self.m, self.w, bias.data_ptr())
-        self.head = (self.h, self.h, head.data_ptr(), self.h)
+        # the kernels' fixed arguments: the packed bank (cnn2gnn_nearest, after the queries and their count), the
+        # weights and tables (cnn2gnn_propagate, after the count) and the layers (after the own term: its width, the
+        # ReLU's, the head and its width)
+        self.bank = (packed.data.data_ptr(), packed.sq.data_ptr())
+        self.sizes = (packed.m, packed.d, self.big)
+        self.sums = (self.big, min(k, self.big - 1), EPS, messages.data_ptr(), self.m, self.w, bias.data_ptr())
+        self.layers = (self.h, self.h, head.data_ptr(), self.h)
         self.offset = self.h * messages.element_size()  # the graph-space part of a row of ``both``
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -53,9 +54,9 @@ class AnchorsPass:
             return out
         threads, at, ld = torch.get_num_threads(), both.data_ptr(), both.stride(0)
         found = (dist.data_ptr(), index.data_ptr())
-        if lib.cnn2gnn_nearest(at + self.offset, ld, self.bank[0], self.bank[1], n, *self.bank[2:], *found, threads):
+        if lib.cnn2gnn_nearest(at + self.offset, ld, *self.bank, n, *self.sizes, *found, threads):
             raise MemoryError(f"AnchorsPass: out of memory for a bank of {self.m}")
-        bad = lib.cnn2gnn_propagate(*found, n, *self.sums, at, ld, *self.head, out.data_ptr(), threads)
+        bad = lib.cnn2gnn_propagate(*found, n, *self.sums, at, ld, *self.layers, out.data_ptr(), threads)
         if bad < 0:
             raise MemoryError("AnchorsPass: out of memory")
         if bad:
