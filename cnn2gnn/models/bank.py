@@ -109,6 +109,10 @@ class AnchorBank(nn.Module):
         self.clear()
         return super().train(mode)
 
+    def cached(self) -> dict[str, Tensor] | None:
+        """The states :meth:`states` cached in eval mode, or ``None`` (training mode, or none computed yet)."""
+        return None if self.training else self._cache
+
     def states(self, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
         """``compute()`` (a dict holding at least ``v``, the anchors' graph-space positions) plus ``v_sq``, the
         squared norms of ``v``; cached in eval mode, recomputed (with gradients) at every call in training mode."""

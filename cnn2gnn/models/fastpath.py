@@ -70,14 +70,15 @@ def gather_sum(index: Tensor, messages: Tensor, offsets: Tensor, weights: Tensor
 
 def applies(model: nn.Module, x: Tensor) -> bool:
     """Whether :func:`anchors_logits` serves ``model`` on ``x`` (else the general path runs)."""
-    traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    return _state["on"] and not (
+    return not (
         model.training
         or torch.is_grad_enabled()
-        or traced
+        or not _state["on"]
         or model.cfg.aggregate != "sage"
         or model.bank is None
-        or torch.is_autocast_enabled(x.device.type)
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type)
     )
 
 
@@ -106,13 +107,15 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     does not apply (see the module's docstring). Shapes: x (n, D) or (n, C, H, W) -> (n, num_classes)."""
     if not applies(model, x):
         return None
-    x = input_features(x, model.embed)  # the input dropout is the identity in eval mode
-    bank = model._bank_states()
+    # every line here runs between the last call's kernels and this one's, with the interpreter's objects out of
+    # cache, and costs several times its time alone (docs/ablations.md s.17): the prepared call is reached first
+    bank = model.bank.cached() or model._bank_states()
     if "msg12" not in bank:
-        _tables(model, bank)
-    run = bank.get("run") if _state["prepared"] else None
-    if run is not None and run.k == model.graph.k and run.lib is native.library():
-        return run(x)  # the product, the search and the pass, prepared with the tables (native/prepared.py)
+        _tables(model, bank)  # once per bank
+    run = bank.get("run")
+    if run is not None and run.k == model.graph.k and _state["prepared"] and run.lib is native.library():
+        return run(input_features(x, model.embed))  # the input dropout is the identity in eval mode
+    x = input_features(x, model.embed)
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     hidden = lin1.weight.shape[0]
     if "w1g" in bank:  # head: [x W1^T | x Wg^T] from one product

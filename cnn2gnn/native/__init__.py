@@ -61,7 +61,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("select.c", "weights.c", "nearest.c", "pruned.c"))
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("select.c", "weights.c", "nearest.c", "pruned.c", "anchors.c")
+)
 # included by the sources: part of what a build depends on
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("common.h", "vectors.h"))
 # the first set that compiles is used; -fopenmp shares the rows among torch's threads (torch's libgomp, already
@@ -135,6 +137,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cnn2gnn_nearest.restype = ctypes.c_int
     lib.cnn2gnn_pruned.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr]
     lib.cnn2gnn_pruned.restype = ctypes.c_int
+    lib.cnn2gnn_anchors.argtypes = [ptr, ptr, i64, i64, ptr, ctypes.c_int]  # native/prepared.py's AnchorsPass
+    lib.cnn2gnn_anchors.restype = i64
     return lib
 
 

@@ -11,6 +11,8 @@ figures). The results are those of the two wrappers, bit for bit: the same kerne
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch import Tensor
 
@@ -19,12 +21,24 @@ from . import EPS, Packed, _kernels_for
 __all__ = ["AnchorsPass", "prepare_anchors_pass"]
 
 
+class _Fixed(ctypes.Structure):
+    """``cnn2gnn_anchors_t`` (native/anchors.c): the arguments of the two kernels that stay fixed for a bank."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in ("packed", "psq")),
+        *((name, ctypes.c_int64) for name in ("m", "d", "big", "k")),
+        ("eps", ctypes.c_double),
+        *((name, ctypes.c_void_p) for name in ("messages", "bias", "head")),
+        *((name, ctypes.c_int64) for name in ("width", "nh", "offset")),
+    ]
+
+
 class AnchorsPass:
     r"""``run(x) -> logits`` for the input features ``x`` (n, D), float32 on the CPU: one product
     ``both`` :math:`= \mathbf{X}\,[\mathbf{W}_1; \mathbf{W}_g]^\top` (n, h + d) gives the first layer's own term and the
-    graph space; then the :math:`K = \min(k + 1, m)` nearest anchors of the graph-space part, and
-    :math:`\mathbf{Z} = \mathrm{ReLU}(\mathbf{O}_{:, :h})\,\mathbf{W}_2^\top + \mathbf{O}_{:, h:}`, where
-    :math:`\mathbf{O}` is the bias plus the weighted sum of the neighbours' ``messages`` (m, h + c), the own term
+    graph space; then, in one native call (native/anchors.c), the :math:`K = \min(k + 1, m)` nearest anchors of the
+    graph-space part and :math:`\mathbf{Z} = \mathrm{ReLU}(\mathbf{O}_{:, :h})\,\mathbf{W}_2^\top + \mathbf{O}_{:, h:}`,
+    where :math:`\mathbf{O}` is the bias plus the weighted sum of the neighbours' ``messages`` (m, h + c), the own term
     added to its first h columns, and ``head`` is :math:`\mathbf{W}_2` (c, h). Built by :func:`prepare_anchors_pass`,
     which checks the tables; it holds them, so the pointers it passes stay valid. ``k``: the k it was prepared for."""
 
@@ -32,33 +46,23 @@ class AnchorsPass:
         self, lib, weight: Tensor, packed: Packed, k: int, messages: Tensor, bias: Tensor, head: Tensor
     ) -> None:
         self.lib, self.weight, self.k, self.tables = lib, weight, k, (packed, messages, bias, head)
-        self.m, self.w = messages.shape
+        self.m, width = messages.shape
         self.c, self.h = head.shape
-        self.big = min(k + 1, packed.m)  # K candidates, as TorchSearch clamps them
-        # the kernels' fixed arguments: the packed bank (cnn2gnn_nearest, after the queries and their count), the
-        # weights and tables (cnn2gnn_propagate, after the count) and the layers (after the own term: its width, the
-        # ReLU's, the head and its width)
-        self.bank = (packed.data.data_ptr(), packed.sq.data_ptr())
-        self.sizes = (packed.m, packed.d, self.big)
-        self.sums = (self.big, min(k, self.big - 1), EPS, messages.data_ptr(), self.m, self.w, bias.data_ptr())
-        self.layers = (self.h, self.h, head.data_ptr(), self.h)
-        self.offset = self.h * messages.element_size()  # the graph-space part of a row of ``both``
+        big = min(k + 1, packed.m)  # K candidates, as TorchSearch clamps them, and k neighbours among them
+        self.fixed = _Fixed(
+            packed=packed.data.data_ptr(), psq=packed.sq.data_ptr(), m=packed.m, d=packed.d, big=big, k=min(k, big - 1),
+            eps=EPS, messages=messages.data_ptr(), bias=bias.data_ptr(), head=head.data_ptr(), width=width,
+            nh=self.h, offset=self.h,  # the own term's width (the ReLU's, the head's); the graph space after it
+        )  # fmt: skip
+        self.call, self.ref = lib.cnn2gnn_anchors, ctypes.byref(self.fixed)
 
     def __call__(self, x: Tensor) -> Tensor:
         both = x @ self.weight  # contiguous (n, h + d); torch checks the shapes and dtypes
-        n, lib = both.shape[0], self.lib
-        dist = torch.empty(n, self.big, dtype=torch.float32)
-        index = torch.empty(n, self.big, dtype=torch.int64)
+        n, threads = both.shape[0], torch.get_num_threads()
         out = torch.empty(n, self.c, dtype=torch.float32)
-        if n == 0:
-            return out
-        threads, at, ld = torch.get_num_threads(), both.data_ptr(), both.stride(0)
-        found = (dist.data_ptr(), index.data_ptr())
-        if lib.cnn2gnn_nearest(at + self.offset, ld, *self.bank, n, *self.sizes, *found, threads):
-            raise MemoryError(f"AnchorsPass: out of memory for a bank of {self.m}")
-        bad = lib.cnn2gnn_propagate(*found, n, *self.sums, at, ld, *self.layers, out.data_ptr(), threads)
+        bad = self.call(self.ref, both.data_ptr(), both.stride(0), n, out.data_ptr(), threads)
         if bad < 0:
-            raise MemoryError("AnchorsPass: out of memory")
+            raise MemoryError(f"AnchorsPass: out of memory for a batch of {n}")
         if bad:
             raise IndexError(f"AnchorsPass: positions must lie in [0, {self.m})")
         return out
