@@ -295,7 +295,7 @@ def working_sets(bank: int) -> list[str]:
         "| model | weights (MB) | bank tables (MB) | input (MB) |",
         "|---|---|---|---|",
         f"| same-width MLP | {mb(*weights)} | - | {mb(x)} |",
-        f"| student, anchors policy (fast path) | {mb(states['w1g'], student.conv2.lin.weight)} | "
+        f"| student, anchors policy (fast path) | {mb(states['product'].weight, student.conv2.lin.weight)} | "
         f"{mb(states['msg12'], packed)} (messages {mb(states['msg12'])}, positions {mb(packed)}) | {mb(x)} |",
     ]
 

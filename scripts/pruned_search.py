@@ -131,16 +131,16 @@ def stage_rows(model, x: torch.Tensor, threads: list[int], calls: int) -> list[s
     xf = input_features(x, model.embed)
     model(x, graph="anchors")  # builds the fast path's tables with the bank's states
     bank = model._bank_states()
-    if "w1g" not in bank:
+    if "product" not in bank:
         raise SystemExit("pruned_search.py: the stage table follows the fast path of a student with graph_space=head")
     search, k = model.bank._index[1], model.graph.k
     w2, hidden = model.conv2.lin.weight, model.conv1.lin.weight.shape[0]
-    msg, bias, w1g = bank["msg12"], bank["bias12"], bank["w1g"]
-    both = xf @ w1g
+    msg, bias, product = bank["msg12"], bank["bias12"], bank["product"]
+    both = product(xf)
     own, v = both[:, :hidden], both[:, hidden:]
     dist, pos = search(v, k + 1)
     stages = {
-        "first layer and graph head (one product)": lambda: xf @ w1g,
+        "first layer and graph head (one product)": lambda: product(xf),
         "search": lambda: search(v, k + 1),
         "weights, sums, own term, ReLU, second layer (one pass)": lambda: native.propagate(
             dist, pos, k, msg, bias, base=own, relu=hidden, head=w2
@@ -160,7 +160,7 @@ def stage_rows(model, x: torch.Tensor, threads: list[int], calls: int) -> list[s
         inside = {name: [] for name in [*stages, "whole forward"]}
         for _ in range(calls):
             t0 = time.perf_counter()
-            b = xf @ w1g
+            b = product(xf)
             t1 = time.perf_counter()
             d, p = search(b[:, hidden:], k + 1)
             t2 = time.perf_counter()

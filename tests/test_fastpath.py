@@ -9,6 +9,7 @@ from cnn2gnn.bench.measure import flops_per_image
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.models import fastpath
 from cnn2gnn.models.gnn import GNNStudent
+from cnn2gnn.models.product import PackedProduct
 from cnn2gnn.native.prepared import AnchorsPass, prepare_anchors_pass
 
 SHAPE = (1, 8, 8)
@@ -90,7 +91,7 @@ def test_the_fast_path_keeps_its_tables_with_the_bank_states_from_the_first_call
     with torch.no_grad():
         model(x, graph="anchors")
         tables = model.bank._cache
-        assert tables is not None and {"msg12", "bias12", "w1g"} <= set(tables)
+        assert tables is not None and {"msg12", "bias12", "product"} <= set(tables)
         model(x, graph="anchors")
         assert model.bank._cache is tables
     model.load_state_dict(model.state_dict())  # loaded weights: the cached states and tables are dropped
@@ -141,23 +142,27 @@ def test_prepare_anchors_pass_refuses_tables_it_cannot_serve():
     bank = torch.randn(100, 8, generator=g)
     packed = native.pack(bank, bank.pow(2).sum(dim=1))
     messages, bias = torch.randn(100, 13, generator=g), torch.randn(13, generator=g)
-    weight, head = torch.randn(20, 18, generator=g), torch.randn(3, 10, generator=g)
-    assert prepare_anchors_pass(weight, packed, 5, messages, bias, head) is not None
-    assert prepare_anchors_pass(weight, packed, 5, messages[:30], bias, head) is None  # not the bank's rows
-    assert prepare_anchors_pass(weight, packed, 5, messages, bias, head[:, :9]) is None  # c + h: not its width
-    assert prepare_anchors_pass(weight[:, :17], packed, 5, messages, bias, head) is None  # not h + d outputs
-    assert prepare_anchors_pass(weight, packed, 5, messages.double(), bias, head) is None
-    assert prepare_anchors_pass(weight, packed, 5, messages.t().contiguous().t(), bias, head) is None  # strided
-    assert prepare_anchors_pass(weight, packed, 70, messages, bias, head) is None  # 71 candidates: over 64
-    run = prepare_anchors_pass(weight, packed, 5, messages, bias, head)
+    weight, head = torch.randn(18, 20, generator=g), torch.randn(3, 10, generator=g)
+    product = PackedProduct(weight)
+    assert prepare_anchors_pass(product, packed, 5, messages, bias, head) is not None
+    assert prepare_anchors_pass(product, packed, 5, messages[:30], bias, head) is None  # not the bank's rows
+    assert prepare_anchors_pass(product, packed, 5, messages, bias, head[:, :9]) is None  # c + h: not its width
+    assert prepare_anchors_pass(PackedProduct(weight[:17]), packed, 5, messages, bias, head) is None  # not h + d
+    assert prepare_anchors_pass(product, packed, 5, messages.double(), bias, head) is None
+    assert prepare_anchors_pass(product, packed, 5, messages.t().contiguous().t(), bias, head) is None  # strided
+    assert prepare_anchors_pass(product, packed, 70, messages, bias, head) is None  # 71 candidates: over 64
+    run = prepare_anchors_pass(product, packed, 5, messages, bias, head)
     with pytest.raises(RuntimeError):
         run(torch.randn(4, 19))  # not D features: torch's product refuses it
     assert run(torch.randn(0, 20)).shape == (0, 3)
-    x = torch.randn(6, 20, generator=g)
-    both = x @ weight
-    dist, index = native.nearest(both[:, 10:], packed, 6)
-    expected = native.propagate(dist, index, 5, messages, bias, base=both[:, :10], relu=10, head=head)
-    assert torch.equal(run(x), expected)  # the checked kernels on the same arguments
+    for n in (6, 40):  # torch.mm, then the packed product
+        x = torch.randn(n, 20, generator=g)
+        both = product(x)
+        torch.testing.assert_close(both, x @ weight.t(), rtol=1e-5, atol=1e-5)
+        dist, index = native.nearest(both[:, 10:], packed, 6)
+        expected = native.propagate(dist, index, 5, messages, bias, base=both[:, :10], relu=10, head=head)
+        assert torch.equal(run.finish(both), expected)  # the checked kernels on the same arguments
+        assert torch.equal(run(x), expected)
 
 
 @needs_kernel

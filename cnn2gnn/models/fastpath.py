@@ -36,6 +36,7 @@ from ..graph import sparse_neighbours
 from ..native.prepared import prepare_anchors_pass
 from ..search import TorchSearch
 from .embed import input_features
+from .product import PackedProduct
 
 __all__ = ["anchors_logits", "applies", "checked", "disabled", "gather_sum"]
 
@@ -84,21 +85,21 @@ def applies(model: nn.Module, x: Tensor) -> bool:
 
 def _tables(model: nn.Module, bank: dict[str, Tensor]) -> None:
     r"""Cache with the bank's states what every call reuses: both layers' messages side by side (one gather brings
-    each anchor's row once), their biases, and with ``graph_space=head`` the first layer's weight and the graph head's
-    stacked, :math:`[\mathbf{W}_1; \mathbf{W}_g]^\top`, so that one product gives the first layer's own term and the
-    graph space; where the fused native search serves the bank, that product and the two kernels prepared as one call
-    (``run``)."""
+    each anchor's row once), their biases, and with ``graph_space=head`` the product with the first layer's weight and
+    the graph head's stacked, :math:`[\mathbf{W}_1; \mathbf{W}_g]`, packed once (``product``, models/product.py), so
+    that one product gives the first layer's own term and the graph space; where the fused native search serves the
+    bank, that product and the two kernels prepared as one call (``run``)."""
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     bank["msg12"] = torch.cat((bank["msg1"], bank["msg2"]), dim=1)
     b1 = torch.zeros_like(lin1.bias) if model.cfg.graph_space == "proj" else lin1.bias  # proj: b1 is in v
     bank["bias12"] = torch.cat((b1, lin2.bias)).detach()
     if model.graph_head is not None:
-        bank["w1g"] = torch.cat((lin1.weight, model.graph_head.weight)).detach().t()
+        bank["product"] = product = PackedProduct(torch.cat((lin1.weight, model.graph_head.weight)))
         # the fused native search and the pass with the second layer, prepared once (native/prepared.py)
         search = model.bank.index_for(bank["v"], bank["v_sq"])
         if isinstance(search, TorchSearch) and search.pruned is None and search.packed is not None:
             head = lin2.weight.detach().contiguous()
-            run = prepare_anchors_pass(bank["w1g"], search.packed, model.graph.k, bank["msg12"], bank["bias12"], head)
+            run = prepare_anchors_pass(product, search.packed, model.graph.k, bank["msg12"], bank["bias12"], head)
             bank["run"] = run
 
 
@@ -118,8 +119,8 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     x = input_features(x, model.embed)
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     hidden = lin1.weight.shape[0]
-    if "w1g" in bank:  # head: [x W1^T | x Wg^T] from one product
-        both = x @ bank["w1g"]
+    if "product" in bank:  # head: [x W1^T | x Wg^T] from one product
+        both = bank["product"](x)
         own, v = both[:, :hidden], both[:, hidden:]
     else:  # proj: v = x W1^T + b1 is the first layer's own term; pixels: v = x, the own term comes later
         v = model.space(x)
