@@ -9,7 +9,7 @@ from cnn2gnn.bench.measure import flops_per_image
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.models import fastpath
 from cnn2gnn.models.gnn import GNNStudent
-from cnn2gnn.models.product import PackedProduct
+from cnn2gnn.models.product import PACK_FROM, PackedProduct
 from cnn2gnn.native.prepared import AnchorsPass, prepare_anchors_pass
 
 SHAPE = (1, 8, 8)
@@ -163,6 +163,18 @@ def test_prepare_anchors_pass_refuses_tables_it_cannot_serve():
         expected = native.propagate(dist, index, 5, messages, bias, base=both[:, :10], relu=10, head=head)
         assert torch.equal(run.finish(both), expected)  # the checked kernels on the same arguments
         assert torch.equal(run(x), expected)
+
+
+def test_the_flop_count_includes_the_packed_product():
+    """The bench counts the fast path's first-layer and graph-head product, which runs on MKL's packed product from
+    PACK_FROM rows (models/product.py): the counter does not know that op and counted none of its FLOPs."""
+    model = student()
+    x = torch.randn(PACK_FROM, *SHAPE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model(x, graph="anchors")
+    width = model.conv1.lin.weight.shape[0] + model.graph_head.weight.shape[0]
+    product = 2 * model.conv1.lin.weight.shape[1] * width  # per image
+    assert flops_per_image(lambda b: model(b, graph="anchors"), x) >= product
 
 
 @needs_kernel

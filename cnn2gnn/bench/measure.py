@@ -16,6 +16,7 @@ from ..checkpoint import load_model
 from ..data import BatchIterator, DataBundle
 from ..evaluate import check_data, evaluate_accuracy, images_per_second_together
 from ..models.cnn import count_parameters
+from ..models.product import unpacked
 from .plan import METHOD
 from .presets import Preset
 from .stats import aggregate_nested
@@ -26,10 +27,12 @@ def flops_per_image(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor)
     convolutions, 2 per multiply-add: the graph's distances and its dense propagation are included; top-k, the
     normalisation and elementwise ops are not). The anchors policy's bank is precomputed once beforehand, as a
     deployed model does. Counted on the torch path: the native search (:func:`cnn2gnn.native.nearest`) does the same
-    multiply-adds as the distance product, which the counter cannot see inside a C kernel."""
+    multiply-adds as the distance product, which the counter cannot see inside a C kernel; and with the fast path's
+    product on ``torch.mm``, whose FLOPs the counter knows (the packed product, models/product.py, is an MKL op it
+    does not: it counted none)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), native.disabled():
+    with torch.no_grad(), native.disabled(), unpacked():
         fn(x)
         counter = FlopCounterMode(display=False)
         with counter:
