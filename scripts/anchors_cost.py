@@ -10,8 +10,10 @@ head 64, bank 1024 unless --bank) with random weights (timings do not depend on 
    torch path (distance product, norms, clamp, selection; native selection or not) against the fused native search
    (:func:`cnn2gnn.native.nearest`) and the pruned one (:func:`cnn2gnn.native.nearest_pruned`), which the anchors
    policy chooses between (:class:`cnn2gnn.search.TorchSearch`);
-3. images/s at batch 256 of the same-width MLP, the student under the anchors policy (its eval fast path,
-   models/fastpath.py, with its prepared call; the same calling its kernels through their checking wrappers, then
+3. images/s at batch 256 of the same-width MLP (and, for a fair reading, the same with its first layer on the packed
+   product the student's fast path uses, models/product.py), the student under the anchors policy (its eval fast path,
+   models/fastpath.py, with its prepared call; the same with its product on ``torch.mm``; the same calling its kernels
+   through their checking wrappers, then
    also with its second layer outside the native pass, as torch's ``addmm`` like the MLP's; the general path; without
    the native kernels), and the student on the checking wrappers with one part of its forward pass (the search; the
    weights, sums and second layer) replaced by a lookup of that part's own results: what each part costs where it
