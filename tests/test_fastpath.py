@@ -155,6 +155,10 @@ def test_prepare_anchors_pass_refuses_tables_it_cannot_serve():
     with pytest.raises(RuntimeError):
         run(torch.randn(4, 19))  # not D features: torch's product refuses it
     assert run(torch.randn(0, 20)).shape == (0, 3)
+    with pytest.raises(ValueError, match="expected float32"):
+        run.finish(torch.randn(4, 17))  # not h + d columns: refused before the kernels read past the rows
+    with pytest.raises(ValueError, match="expected float32"):
+        run.finish(torch.randn(4, 18, dtype=torch.float64))
     for n in (6, 40):  # torch.mm, then the packed product
         x = torch.randn(n, 20, generator=g)
         both = product(x)

@@ -66,10 +66,18 @@ class AnchorsPass:
         self.call, self.ref = lib.cnn2gnn_anchors, ctypes.byref(self.fixed)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.finish(self.product(x))
+        return self._finish(self.product(x))  # float32 (n, h + d): torch's product checked x against the weight
 
     def finish(self, both: Tensor) -> Tensor:
-        """The logits from the product ``both`` (n, h + d): the search and the pass in one native call."""
+        """The logits from the product ``both`` (n, h + d), float32 on the CPU: the search and the pass in one native
+        call (``run(x)`` is ``run.finish(run.product(x))``)."""
+        width = self.h + self.tables[0].d
+        if both.dim() != 2 or both.shape[1] != width or both.dtype != torch.float32 or both.device.type != "cpu":
+            raise ValueError(f"AnchorsPass.finish: expected float32 (n, {width}) on the CPU, got {both.dtype} "
+                             f"{tuple(both.shape)} on {both.device}")  # fmt: skip
+        return self._finish(both)
+
+    def _finish(self, both: Tensor) -> Tensor:
         if not both.is_contiguous():  # the kernels read rows of stride 1
             both = both.contiguous()
         n, threads = both.shape[0], torch.get_num_threads()
