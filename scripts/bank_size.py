@@ -100,10 +100,11 @@ def main() -> None:
     bundle = load_dataset(meta["data"], meta.get("data_root"))
     k = model.graph.k
     env = environment()
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     head = [
         "# Anchor bank size: build time, latency, recall and accuracy",
         "",
-        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Command: `{threads}python {' '.join(sys.argv)}`  ",
         f"Date {datetime.now(UTC).date()}; {env['platform']}, {os.cpu_count()} cores, torch threads {env['threads']}, "
         f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the start; torch {env['torch']}, "
         f"python {platform.python_version()}.",
