@@ -41,6 +41,7 @@ from cnn2gnn import native, select
 from cnn2gnn.bench.measure import flops_per_image
 from cnn2gnn.config import StudentModelConfig
 from cnn2gnn.models import fastpath
+from cnn2gnn.models.embed import input_features
 from cnn2gnn.models.gnn import GNNStudent
 from cnn2gnn.models.mlp import MLPStudent
 from cnn2gnn.models.product import PackedProduct, unpacked
@@ -235,7 +236,7 @@ def forward_table(bank: int, seconds: float, repeats: int) -> list[str]:
     first = PackedProduct(mlp.lin1.weight)  # the MLP given the student's packed product, for a fair reading
 
     def mlp_packed(x):
-        h = first(x.reshape(len(x), -1)).add_(mlp.lin1.bias).relu_()
+        h = first(input_features(x, mlp.embed)).add_(mlp.lin1.bias).relu_()
         return F.linear(h, mlp.lin2.weight, mlp.lin2.bias)
 
     fns = {"mlp": mlp, "anchors": anchors, "checked": checked(anchors), "unfused": unfused(anchors), "general": general}
@@ -315,6 +316,11 @@ def working_sets(bank: int) -> list[str]:
         f"| same-width MLP | {mb(*weights)} | - | {mb(x)} |",
         f"| student, anchors policy (fast path) | {mb(states['product'].weight, student.conv2.lin.weight)} | "
         f"{mb(states['msg12'], packed)} (messages {mb(states['msg12'])}, positions {mb(packed)}) | {mb(x)} |",
+        "",
+        f"The fast path's packed product (models/product.py) keeps, beside its {mb(states['product'].weight)} MB "
+        f"weight, MKL's packing of it for each batch size it packed: "
+        + (", ".join(f"{mb(p)} MB for {n} rows" for n, p in states["product"].packs.items()) or "none (no MKL)")
+        + " (the memory it holds, not what a batch reads).",
     ]
 
 

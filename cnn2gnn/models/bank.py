@@ -116,8 +116,8 @@ class AnchorBank(nn.Module):
     def states(self, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
         """``compute()`` (a dict holding at least ``v``, the anchors' graph-space positions) plus ``v_sq``, the
         squared norms of ``v``; cached in eval mode, recomputed (with gradients) at every call in training mode."""
-        if self._cache is not None and not self.training:
-            return self._cache
+        if (cached := self.cached()) is not None:
+            return cached
         states = dict(compute())
         states["v_sq"] = states["v"].pow(2).sum(dim=1)
         if not self.training:  # the cached dict itself: what a caller adds to it (models/fastpath.py) is kept

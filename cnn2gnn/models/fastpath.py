@@ -113,10 +113,10 @@ def anchors_logits(model: nn.Module, x: Tensor) -> Tensor | None:
     bank = model.bank.cached() or model._bank_states()
     if "msg12" not in bank:
         _tables(model, bank)  # once per bank
+    x = input_features(x, model.embed)  # the input dropout is the identity in eval mode
     run = bank.get("run")
     if run is not None and run.k == model.graph.k and _state["prepared"] and run.lib is native.library():
-        return run(input_features(x, model.embed))  # the input dropout is the identity in eval mode
-    x = input_features(x, model.embed)
+        return run(x)  # the product, the search and the pass, prepared with the tables (native/prepared.py)
     lin1, lin2 = model.conv1.lin, model.conv2.lin
     hidden = lin1.weight.shape[0]
     if "product" in bank:  # head: [x W1^T | x Wg^T] from one product

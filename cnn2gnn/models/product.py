@@ -57,6 +57,7 @@ class PackedProduct:
         self.weight = weight.detach().contiguous()
         self.t = self.weight.t()
         self.packs: dict[int, Tensor] = {}
+        self.packable = _OPS is not None and self.weight.dtype == torch.float32 and self.weight.device.type == "cpu"
 
     def __call__(self, x: Tensor) -> Tensor:
         n = x.shape[0]
@@ -67,9 +68,7 @@ class PackedProduct:
 
     def _pack(self, n: int) -> Tensor | None:
         """The weight packed for ``n`` rows, made and kept now, or ``None`` where the product runs on ``torch.mm``."""
-        if n < PACK_FROM or len(self.packs) >= MOST_SIZES or _OPS is None or not _state["on"]:
-            return None
-        if self.weight.dtype != torch.float32 or self.weight.device.type != "cpu":
+        if not self.packable or n < PACK_FROM or len(self.packs) >= MOST_SIZES or not _state["on"]:
             return None
         pack = self.packs[n] = _OPS[0](self.weight, n)
         return pack

@@ -12,13 +12,6 @@
 
 #include "common.h"
 
-int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const float *psq, int64_t n, int64_t m,
-                    int64_t d, int64_t k, float *out_d, int64_t *out_i, int threads);
-int64_t cnn2gnn_propagate(const float *dist, const int64_t *positions, int64_t n, int64_t K, int64_t k, double eps,
-                          const float *messages, int64_t m, int64_t width, const float *bias, const float *base,
-                          int64_t ldb, int64_t nbase, int64_t nrelu, const float *head, int64_t nh, float *out,
-                          int threads);
-
 /* what stays fixed for a bank: its packed rows (m of dimension d, from cnn2gnn_nearest_pack) and the K candidates
  * searched; k neighbours weighted with eps; the messages (m, width) side by side, their bias (width); the own term's
  * width nh (also the ReLU's and the head's) and the head (width - nh, nh); where a row's graph-space part starts */

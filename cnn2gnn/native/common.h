@@ -1,6 +1,7 @@
-/* Shared by the native kernels (select.c, nearest.c, pruned.c, weights.c): an ascending list of at most k (int32
- * key, column) pairs, ordered by key then column, so that ties go to the lower column and the result is exact and
- * deterministic; the size of a thread team; and each OpenMP thread's part of one scratch allocation. */
+/* Shared by the native kernels (select.c, nearest.c, pruned.c, weights.c, anchors.c): the kernels one file calls in
+ * another; an ascending list of at most k (int32 key, column) pairs, ordered by key then column, so that ties go to
+ * the lower column and the result is exact and deterministic; the size of a thread team; and each OpenMP thread's
+ * part of one scratch allocation. */
 #ifndef CNN2GNN_COMMON_H
 #define CNN2GNN_COMMON_H
 #include <stddef.h>
@@ -9,6 +10,15 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+/* the kernels one file calls in another (anchors.c: the fast path's search and pass in one call); declared here so
+ * that their definitions (nearest.c, weights.c) are checked against the same signatures */
+int cnn2gnn_nearest(const float *q, int64_t ldq, const float *packed, const float *psq, int64_t n, int64_t m,
+                    int64_t d, int64_t k, float *out_d, int64_t *out_i, int threads);
+int64_t cnn2gnn_propagate(const float *dist, const int64_t *positions, int64_t n, int64_t K, int64_t k, double eps,
+                          const float *messages, int64_t m, int64_t width, const float *bias, const float *base,
+                          int64_t ldb, int64_t nbase, int64_t nrelu, const float *head, int64_t nh, float *out,
+                          int threads);
 
 /* insert (key, j) into the ascending list keys/idx of *len (at most k) entries, ordered by key then column */
 static inline void keep(int32_t *keys, int64_t *idx, int64_t k, int64_t *len, int32_t key, int64_t j) {
