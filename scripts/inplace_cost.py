@@ -21,12 +21,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from anchors_cost import models, write_report
+from anchors_cost import best_times, models, write_report
 
 from cnn2gnn.models.cnn import create_teacher
 from cnn2gnn.run import environment
@@ -35,17 +34,8 @@ HIGH = {"MALLOC_MMAP_THRESHOLD_": str(2**31 - 1), "MALLOC_TRIM_THRESHOLD_": str(
 
 
 def best_seconds(fns: dict, seconds: float, repeats: int) -> dict[str, float]:
-    """Seconds a call of each function, the best of ``repeats`` interleaved rounds of about ``seconds`` each."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            fn()
-            calls, start = 0, time.perf_counter()
-            while calls < 3 or time.perf_counter() - start < seconds:
-                fn()
-                calls += 1
-            best[name] = min(best[name], (time.perf_counter() - start) / calls)
-    return best
+    """Seconds a call of each of the argument-free ``fns``: anchors_cost.py's interleaved best of ``repeats`` rounds."""
+    return best_times({name: lambda _, fn=fn: fn() for name, fn in fns.items()}, [None], seconds, repeats)
 
 
 def pair_table(seconds: float, repeats: int) -> list[str]:
@@ -75,8 +65,7 @@ def pair_table(seconds: float, repeats: int) -> list[str]:
     for i, fn in enumerate(before.values()):
         fns[f"op{i}"] = fn
         fns[f"pair{i}"] = lambda fn=fn: (fn(), search())
-    with torch.inference_mode():
-        t = best_seconds(fns, seconds, repeats)
+    t = best_seconds(fns, seconds, repeats)
     rows = [
         f"The search alone: {1e3 * t['search']:.3f} ms.",
         "",
@@ -95,8 +84,7 @@ def speeds(seconds: float, repeats: int) -> dict[str, float]:
     teacher = create_teacher("resnet8", 10, 1, 28).eval()
     x = torch.randn(256, 1, 28, 28)
     fns = {"teacher": lambda: teacher(x), "mlp": lambda: mlp(x), "student": lambda: student(x, graph="anchors")}
-    with torch.inference_mode():
-        t = best_seconds(fns, seconds, repeats)
+    t = best_seconds(fns, seconds, repeats)
     return {name: 256 / s for name, s in t.items()}
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 __all__ = ["PACK_FROM", "PackedProduct", "unpacked"]
 
 PACK_FROM = 16  # rows: below, the product runs on torch.mm (at batch 1 packing was slower)
-MOST_SIZES = 2  # batch sizes packed per weight (each packing holds about 6x the weight), e.g. a loader's full and last
+MOST_SIZES = 2  # batch sizes packed per weight (each about 6x the weight: docs/anchors_cost.md), e.g. full and last
 
 
 def _mkl_ops():
